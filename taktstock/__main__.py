@@ -1,0 +1,3 @@
+from taktstock.cli import main
+
+main()

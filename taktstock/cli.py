@@ -1,0 +1,37 @@
+"""The `taktstock` command line. Commands live in taktstock/commands/; heavy imports happen inside them."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from taktstock.errors import UserError
+
+app = typer.Typer(
+    help="taktstock: config-driven PyTorch training. One YAML file describes an experiment.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from taktstock.commands import config_cmd, evaluate_cmd, prepare_cmd, train_cmd
+
+    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd):
+        module.register(app)
+
+
+def main() -> None:
+    """Entry point: user errors print one short message and exit with code 2."""
+    _register()
+    try:
+        app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Argument helpers shared by commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def split_config_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
+    """[CONFIG] [key=value ...] -> (config path or None, overrides)."""
+    args = list(args or [])
+    config = None
+    if args and "=" not in args[0]:
+        config = Path(args.pop(0))
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        from taktstock.errors import ConfigError
+
+        raise ConfigError(f"expected overrides of the form key.path=value, got: {' '.join(bad)}")
+    return config, args

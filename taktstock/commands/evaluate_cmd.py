@@ -1,0 +1,23 @@
+"""`taktstock evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+
+
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
+    checkpoint: Annotated[str, typer.Option(help="Weights to evaluate: best or last.")] = "best",
+    split: Annotated[str, typer.Option(help="Split: test, val or train.")] = "test",
+) -> None:
+    """Evaluate a trained run; writes RUN_DIR/eval/metrics.json, report.json and confusion_matrix.png."""
+    from taktstock.evaluation.evaluate import evaluate as run_evaluate
+
+    run_evaluate(run_dir, checkpoint=checkpoint, split=split)

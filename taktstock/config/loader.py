@@ -1,0 +1,215 @@
+"""Load an experiment: YAML file + dotted command-line overrides -> validated, fully resolved `Config`.
+
+Every user mistake becomes a `ConfigError` naming the key path (and the YAML line where known).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from taktstock.config.schema import Config
+from taktstock.errors import ConfigError
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read `path` (or start from defaults), apply `key.path=value` overrides, validate and resolve."""
+    raw: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        raw, lines = read_yaml(Path(path))
+    config = validate(raw, lines, source=str(path) if path else "defaults")
+    if overrides:
+        data = config_to_dict(config)
+        for item in overrides:
+            apply_override(data, item)
+        config = validate(data, {}, source="command line")
+    return config
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Parse a YAML mapping and remember the line of every key path."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (experiment, data, model, ...)")
+    lines: dict[str, int] = {}
+    _collect_lines(node, "", lines)
+    return data, lines
+
+
+def _collect_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key + ".", out)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'a.b=value' -> ('a.b', YAML-parsed value)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' must look like key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set one dotted key in the resolved config dict; the key must already exist."""
+    key, value = parse_override(item)
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        is_last = i == len(parts) - 1
+        if not isinstance(node, dict) or part not in node:
+            here = ".".join(parts[:i]) or "the top level"
+            options = list(node) if isinstance(node, dict) else []
+            hint = _suggest(part, options)
+            # tune.space is a free mapping of search dimensions.
+            if isinstance(node, dict) and parts[:i] == ["tune", "space"]:
+                node[part] = value if is_last else {}
+                node = node[part]
+                continue
+            raise ConfigError(f"override '{item}': unknown key '{key}' ({part!r} is not in {here}){hint}")
+        if is_last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def validate(raw: dict[str, Any], lines: dict[str, int], source: str) -> Config:
+    """Validate a raw mapping into a `Config`, then resolve model/optimizer arguments and metric names."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, lines, source, Config)) from None
+    _resolve_model(config, lines, source)
+    _check_optimizer(config, lines, source)
+    _check_names(config, lines, source)
+    return config
+
+
+def format_validation_error(
+    exc: ValidationError, lines: dict[str, int], source: str, root: type[BaseModel] | None, prefix: str = ""
+) -> str:
+    messages = []
+    for err in exc.errors()[:5]:
+        loc = prefix + ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent, _, last = loc.rpartition(".")
+            msg = f"unknown key '{last}'" + _suggest(last, _fields_at(root, parent.removeprefix(prefix.rstrip(".")).strip(".")))
+        elif "input" in err and not isinstance(err["input"], dict):
+            msg += f" (got {err['input']!r})"
+        messages.append(f"{_where(source, lines, loc)}{loc}: {msg}")
+    if len(exc.errors()) > 5:
+        messages.append(f"... and {len(exc.errors()) - 5} more errors")
+    return "invalid config:\n  " + "\n  ".join(messages)
+
+
+def _fields_at(root: type[BaseModel] | None, dotted: str) -> list[str]:
+    model: Any = root
+    for part in [p for p in dotted.split(".") if p]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}) or [])
+
+
+def _where(source: str, lines: dict[str, int], loc: str) -> str:
+    line = lines.get(loc)
+    return f"{source}:{line}: " if line else (f"{source}: " if source != "command line" else "")
+
+
+def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
+    """Check model arguments against the model's constructor and fill in its defaults."""
+    from taktstock.models.registry import constructor_params, get_model_class
+
+    cls = get_model_class(config.model.name)
+    params = constructor_params(cls)
+    try:  # resolves string annotations (from __future__ import annotations)
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:
+        hints = {}
+    fields: dict[str, Any] = {}
+    for name, p in params.items():
+        annotation = hints.get(name, Any)
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        if isinstance(default, tuple):
+            default = list(default)
+        fields[name] = (annotation, default)
+    schema = create_model(  # type: ignore[call-overload]
+        f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
+    )
+    try:
+        resolved = schema.model_validate(config.model.params()).model_dump()
+    except ValidationError as exc:
+        msg = format_validation_error(exc, {f"model.{k}": v for k, v in lines.items()}, source, schema, prefix="model.")
+        msg = msg.replace("unknown key", f"{config.model.name} has no argument")
+        raise ConfigError(msg) from None
+    # Pydantic keeps extras in __pydantic_extra__; replace them with the resolved arguments.
+    config.model.__pydantic_extra__ = resolved
+
+
+def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None:
+    from taktstock.training.optim import optimizer_class
+
+    cls = optimizer_class(config.optim.name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    for key in config.optim.kwargs():
+        if key not in accepted:
+            raise ConfigError(
+                f"{_where(source, lines, f'optim.{key}')}optim.{key}: {cls.__name__} has no argument '{key}'"
+                + _suggest(key, sorted(accepted))
+            )
+
+
+def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
+    from taktstock.metrics.collection import metric_names
+    from taktstock.training.losses import check_loss_name
+
+    check_loss_name(config.loss.name)
+    names = metric_names(config)
+    if config.metrics.monitor not in names:
+        where = _where(source, lines, "metrics.monitor")
+        raise ConfigError(f"{where}metrics.monitor: unknown metric '{config.metrics.monitor}' (choose from {', '.join(names)})")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain, YAML/JSON-safe dict of the fully resolved config."""
+    return config.model_dump(mode="json")
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(config_to_yaml(config))

@@ -1,0 +1,254 @@
+"""The typed experiment schema: every option, its default and a one-line description.
+
+The schema *is* the documentation: `taktstock config docs` and `docs/config.md` are
+generated from the field descriptions below, so they cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExperimentConfig(Section):
+    name: str = Field("experiment", description="Experiment name; prefixes run directories and tracker runs.", min_length=1)
+    output_dir: str = Field("experiments/runs", description="Directory under which run directories are created.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Free-form tags recorded with the run.")
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "digits",
+        description="Data source: digits, wine, breast_cancer, iris, diabetes, csv, npz, synthetic, "
+        "or an import path 'module:Class' of a user dataset.",
+    )
+    path: str | None = Field(None, description="Input file for csv/npz sources.")
+    target: str | None = Field(None, description="Target column (csv) or array name (npz, default 'y').")
+    features: list[str] | None = Field(None, description="Feature columns (csv); default: all columns except the target.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a user dataset class or synthetic data.")
+    task: Literal["auto", "classification", "regression"] = Field("auto", description="Task type; 'auto' follows from the loss.")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for validation.")
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for testing.")
+    stratify: bool = Field(True, description="Stratify the split by class for classification data.")
+    normalize: Literal["standard", "minmax", "global", "none"] = Field(
+        "standard", description="Normalisation fitted on the training split only: per-feature standard, minmax, global, or none."
+    )
+    cache_dir: str = Field("data/prepared", description="Where prepared (split + normalised) arrays are cached.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive between epochs (when num_workers > 0).")
+    prefetch_factor: int = Field(2, ge=1, description="Batches prefetched per worker.")
+    in_memory: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Batch directly from in-memory tensors (no per-sample collate). 'auto' uses it when the data fits "
+        "memory_budget_mb and num_workers is 0.",
+    )
+    memory_budget_mb: float = Field(1024.0, gt=0, description="Largest prepared dataset used in-memory by in_memory='auto'.")
+    on_device: bool = Field(False, description="Keep in-memory data on the accelerator (GPU) instead of host memory.")
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(), description="Training-time augmentation.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        return self
+
+
+class AugmentConfig(Section):
+    shift: int = Field(0, ge=0, description="Random translation of images by up to this many pixels (zero padded).")
+    hflip: bool = Field(False, description="Random horizontal flip of images.")
+    noise_std: float = Field(0.0, ge=0.0, description="Gaussian noise added to inputs (after normalisation).")
+
+
+class ModelConfig(BaseModel):
+    """`name` picks the model; every other key is a constructor argument of that model."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field("mlp", description="Registered model name (mlp, cnn, resnet) or import path 'module:Class'.")
+    init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
+        "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
+    )
+
+    def params(self) -> dict[str, Any]:
+        """Constructor keyword arguments (everything except name and init)."""
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field("adamw", description="Any torch.optim optimizer by name (adam, adamw, sgd, rmsprop, ...).")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Extra optimizer keyword arguments (momentum, betas, ...)."""
+        return dict(self.model_extra or {})
+
+
+class SchedulerConfig(Section):
+    name: Literal["none", "step", "cosine", "onecycle", "warmup_cosine", "plateau"] = Field(
+        "none", description="Learning-rate schedule; all but 'plateau' advance once per optimizer step."
+    )
+    step_size: int = Field(100, ge=1, description="step: optimizer steps between decays.")
+    gamma: float = Field(0.1, gt=0, description="step/plateau: decay factor.")
+    warmup_steps: int = Field(0, ge=0, description="warmup_cosine: linear warm-up steps.")
+    min_lr: float = Field(0.0, ge=0, description="cosine/warmup_cosine/plateau: lowest learning rate.")
+    max_lr: float | None = Field(None, description="onecycle: peak learning rate (default optim.lr).")
+    patience: int = Field(5, ge=0, description="plateau: validations without improvement before decaying.")
+
+
+class LossConfig(Section):
+    name: str = Field(
+        "cross_entropy",
+        description="cross_entropy, mse, l1, bce_with_logits, or an import path 'module:callable' returning a loss module.",
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross_entropy: label smoothing.")
+    class_weights: list[float] | None = Field(None, description="cross_entropy: per-class weights.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a custom loss.")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, description="Number of epochs.")
+    max_steps: int | None = Field(None, ge=1, description="Optional cap on optimizer steps (stops early when reached).")
+    batch_size: int = Field(64, ge=1, description="Global batch size (split across processes in distributed runs).")
+    eval_batch_size: int | None = Field(None, ge=1, description="Batch size for validation/test (default: batch_size).")
+    accumulate_grad_batches: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
+    precision: Literal["32", "bf16", "fp16"] = Field(
+        "32", description="Numeric precision: 32, bf16 autocast, fp16 autocast with grad scaling."
+    )
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    device: str = Field("auto", description="Device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
+    deterministic: bool = Field(True, description="Use deterministic algorithms where PyTorch offers them.")
+    val_every_n_steps: int | None = Field(None, ge=1, description="Validate every N optimizer steps in addition to every epoch end.")
+    log_every_n_steps: int = Field(10, ge=1, description="Log training metrics every N optimizer steps.")
+    nan_policy: Literal["stop", "skip"] = Field("stop", description="On a NaN/Inf loss: stop with an error, or skip the batch.")
+    step_fn: str | None = Field(None, description="Import path 'module:function' of a custom training step (batch -> loss).")
+    callbacks: list[str] = Field(default_factory=list, description="Import paths 'module:Class' of user callbacks.")
+    channels_last: bool = Field(False, description="Use channels_last memory format for conv nets (on GPU).")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda", "mps") and not v.startswith("cuda:"):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class MetricsConfig(Section):
+    monitor: str = Field("val/loss", description="Metric that decides the best model and early stopping, e.g. val/acc.")
+    mode: Literal["min", "max"] = Field("min", description="Whether a lower or higher monitored value is better.")
+    extra: list[str] = Field(default_factory=list, description="Import paths 'module:Class' of extra torchmetrics Metric classes.")
+
+
+class CheckpointConfig(Section):
+    every_n_steps: int | None = Field(500, ge=1, description="Save a periodic checkpoint every N optimizer steps (also at each epoch end).")
+    every_epoch: bool = Field(True, description="Save a checkpoint at the end of every epoch.")
+    keep_last: int = Field(3, ge=1, description="How many periodic checkpoints stay on disk.")
+    save_best: bool = Field(True, description="Keep the best checkpoint by the monitored metric.")
+
+
+class EarlyStoppingConfig(Section):
+    enabled: bool = Field(False, description="Stop when the monitored metric stops improving.")
+    patience: int = Field(5, ge=1, description="Validations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class MlflowConfig(Section):
+    enabled: bool = Field(False, description="Log to MLflow.")
+    tracking_uri: str | None = Field(None, description="Tracking URI; default: embedded SQLite at experiments/mlflow.db.")
+    experiment: str | None = Field(None, description="MLflow experiment name (default: experiment.name).")
+    register_model: bool = Field(False, description="Register the best model in the MLflow Model Registry.")
+    log_model: bool = Field(True, description="Log the best model as an MLflow PyTorch model at the end of training.")
+
+
+class WandbConfig(Section):
+    enabled: bool = Field(False, description="Log to Weights & Biases.")
+    project: str | None = Field(None, description="W&B project (default: experiment.name).")
+    entity: str | None = Field(None, description="W&B entity (user or team).")
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online when an API key is configured, else offline."
+    )
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to RUN_DIR/tensorboard.")
+    histogram_every_n_steps: int | None = Field(None, ge=1, description="Log weight and gradient histograms to TensorBoard every N steps.")
+    progress: Literal["auto", "on", "off"] = Field("auto", description="Console progress bar; auto: only on a terminal.")
+    plots: bool = Field(True, description="Write learning-curve PNGs at the end of training.")
+    fail_soft: bool = Field(False, description="Continue when a tracking backend cannot be reached at start.")
+    mlflow: MlflowConfig = Field(default_factory=lambda: MlflowConfig(), description="MLflow tracking.")
+    wandb: WandbConfig = Field(default_factory=lambda: WandbConfig(), description="Weights & Biases tracking.")
+
+
+class DistributedConfig(Section):
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process-group backend; auto: nccl on CUDA, gloo on CPU.")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="DistributedDataParallel or FSDP2 fully_shard.")
+    sync_batchnorm: bool = Field(False, description="Convert BatchNorm layers to SyncBatchNorm.")
+    timeout_s: int = Field(300, ge=1, description="Collective timeout in seconds.")
+
+
+class TuneParam(Section):
+    type: Literal["float", "int", "categorical"] = Field(..., description="Kind of search dimension.")
+    low: float | None = Field(None, description="Lower bound (float/int).")
+    high: float | None = Field(None, description="Upper bound (float/int).")
+    log: bool = Field(False, description="Sample on a log scale.")
+    step: float | None = Field(None, description="Step between values (int/float).")
+    choices: list[Any] | None = Field(None, description="Values of a categorical dimension.")
+
+
+class TuneConfig(Section):
+    space: dict[str, TuneParam] = Field(default_factory=dict, description="Search space: dotted config key -> dimension.")
+    trials: int = Field(20, ge=1, description="Number of trials.")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = Field("tpe", description="Optuna sampler.")
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = Field("median", description="Trial pruner.")
+    startup_trials: int = Field(5, ge=0, description="Trials run before pruning/TPE starts.")
+    warmup_epochs: int = Field(1, ge=0, description="Epochs of a trial before it can be pruned.")
+    timeout_s: float | None = Field(None, gt=0, description="Stop starting new trials after this many seconds.")
+
+
+class PipelineConfig(Section):
+    schedule: str | None = Field(None, description="Airflow schedule (cron or preset like @daily); none: manual.")
+    retries: int = Field(1, ge=0, description="Airflow task retries.")
+    retry_delay_s: int = Field(60, ge=0, description="Seconds between Airflow task retries.")
+    start_date: str = Field("2026-01-01", description="Airflow DAG start date (YYYY-MM-DD).")
+    run_dir: str | None = Field(None, description="Stable run directory used by pipeline stages (default experiments/pipeline/<name>).")
+    promote_metric: str | None = Field(None, description="Test metric compared on promotion (default: metrics.monitor with val/ -> test/).")
+
+
+class Config(Section):
+    """A whole experiment."""
+
+    experiment: ExperimentConfig = Field(default_factory=lambda: ExperimentConfig(), description="Naming and output location.")
+    seed: int = Field(0, ge=0, description="Seed for splits, initialisation, shuffling, dropout and augmentation.")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(), description="Data source, split, preprocessing and loading.")
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(), description="Model name, initialisation and constructor arguments.")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(), description="Optimizer.")
+    scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig(), description="Learning-rate schedule.")
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(), description="Loss function.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(), description="Training loop.")
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(), description="Monitored metric.")
+    checkpoint: CheckpointConfig = Field(default_factory=lambda: CheckpointConfig(), description="Checkpointing.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=lambda: EarlyStoppingConfig(), description="Early stopping.")
+    logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig(), description="Logging and tracking.")
+    distributed: DistributedConfig = Field(default_factory=lambda: DistributedConfig(), description="Multi-process training.")
+    tune: TuneConfig = Field(default_factory=lambda: TuneConfig(), description="Hyperparameter search.")
+    pipeline: PipelineConfig = Field(default_factory=lambda: PipelineConfig(), description="DVC/Airflow pipelines.")
+
+    @property
+    def task(self) -> Literal["classification", "regression"]:
+        """Classification or regression: explicit in data.task, else implied by the loss."""
+        if self.data.task != "auto":
+            return self.data.task
+        return "regression" if self.loss.name in ("mse", "l1", "smooth_l1", "huber") else "classification"
+
+
+DataConfig.model_rebuild()

@@ -1,0 +1,188 @@
+"""Preprocessing as a separate, cached step: deterministic split + normalisation fitted on train only.
+
+The cache key is a fingerprint of the source content and every setting that changes the result,
+so editing a training hyperparameter never re-prepares and editing a preprocessing one always does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taktstock.config.schema import Config
+from taktstock.data.sources import load_source
+from taktstock.errors import ConfigError
+
+PREP_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Normalizer:
+    """Affine per-feature transform (x - shift) / scale, fitted on the training split."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, kind: str) -> Normalizer:
+        shape = x.shape[1:]
+        if kind == "none" or len(x) == 0:
+            return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
+        if kind == "standard":
+            shift, scale = x.mean(0), x.std(0)
+        elif kind == "global":
+            shift, scale = np.full(shape, x.mean()), np.full(shape, x.std())
+        else:  # minmax
+            shift, scale = x.min(0), x.max(0) - x.min(0)
+        # Constant features (e.g. blank image corners) would divide by zero.
+        scale = np.where(scale > 1e-8, scale, 1.0)
+        return cls(shift.astype(np.float32), scale.astype(np.float32))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.shift) / self.scale).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+        return cls(np.asarray(d["shift"], np.float32), np.asarray(d["scale"], np.float32))
+
+
+@dataclass
+class PreparedData:
+    """Split, normalised arrays and what is needed to rebuild the model head and preprocess new data."""
+
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+    normalizer: Normalizer
+    num_outputs: int
+    class_names: list[str]
+    feature_names: list[str]
+    fingerprint: str
+    path: Path
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.arrays["train"][0].shape[1:])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.arrays[name]
+
+    def nbytes(self) -> int:
+        return sum(x.nbytes + y.nbytes for x, y in self.arrays.values())
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What predict needs to apply the training-time preprocessing to new inputs."""
+        return {
+            "normalizer": self.normalizer.to_dict(),
+            "input_shape": list(self.input_shape),
+            "num_outputs": self.num_outputs,
+            "class_names": self.class_names,
+            "feature_names": self.feature_names,
+        }
+
+
+def fingerprint(config: Config, source_fp: str) -> str:
+    d = config.data
+    settings = {
+        "version": PREP_VERSION,
+        "source": source_fp,
+        "task": config.task,
+        "seed": config.seed,
+        "val": d.val_fraction,
+        "test": d.test_fraction,
+        "stratify": d.stratify,
+        "normalize": d.normalize,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare(config: Config, verbose: bool = False) -> PreparedData:
+    """Return the prepared splits, computing and caching them only when the fingerprint is new."""
+    raw = load_source(config)
+    fp = fingerprint(config, raw.fingerprint)
+    slug = config.data.source.replace(":", "_").replace(".", "_").replace("/", "_")
+    path = Path(config.data.cache_dir) / f"{slug}-{fp}.npz"
+    if path.is_file():
+        try:
+            return _load(path, fp)
+        except (OSError, ValueError, KeyError):
+            pass  # A damaged cache is simply rebuilt.
+    if verbose:
+        print(f"preparing {config.data.source} -> {path}")
+    data = _build(config, raw.x, raw.y, raw.class_names, raw.feature_names, fp, path)
+    _save(data)
+    return data
+
+
+def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    n = len(y)
+    idx = np.arange(n)
+    d = config.data
+    strat = config.task == "classification" and d.stratify
+    holdout = d.val_fraction + d.test_fraction
+    if holdout == 0:
+        return {"train": idx, "val": idx[:0], "test": idx[:0]}
+    try:
+        train, rest = train_test_split(idx, test_size=holdout, random_state=config.seed, stratify=y if strat else None)
+        if d.test_fraction == 0:
+            return {"train": np.sort(train), "val": np.sort(rest), "test": idx[:0]}
+        if d.val_fraction == 0:
+            return {"train": np.sort(train), "val": idx[:0], "test": np.sort(rest)}
+        val, test = train_test_split(
+            rest, test_size=d.test_fraction / holdout, random_state=config.seed, stratify=y[rest] if strat else None
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"data: cannot split {n} samples with val_fraction={d.val_fraction}, test_fraction={d.test_fraction} ({exc})"
+        ) from None
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], features: list[str], fp: str, path: Path) -> PreparedData:
+    if len(x) != len(y):
+        raise ConfigError(f"data: {len(x)} inputs but {len(y)} targets")
+    parts = _split_indices(config, y)
+    norm = Normalizer.fit(x[parts["train"]], config.data.normalize)
+    arrays = {s: (norm.apply(x[parts[s]]), y[parts[s]]) for s in SPLITS}
+    if config.task == "classification":
+        num_outputs = int(y.max()) + 1 if len(y) else 0
+        if config.loss.name == "bce_with_logits":
+            num_outputs = 1
+        classes = classes or [str(i) for i in range(num_outputs)]
+    else:
+        num_outputs = 1
+    return PreparedData(arrays, norm, num_outputs, classes, features, fp, path)
+
+
+def _save(data: PreparedData) -> None:
+    data.path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, np.ndarray] = {}
+    for s, (x, y) in data.arrays.items():
+        payload[f"{s}_x"], payload[f"{s}_y"] = x, y
+    meta = {k: v for k, v in data.preprocessing().items()} | {"fingerprint": data.fingerprint}
+    payload["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    tmp = data.path.with_name(f".{data.path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **payload)
+    os.replace(tmp, data.path)  # Concurrent preparers (parallel trials) race harmlessly.
+
+
+def _load(path: Path, fp: str) -> PreparedData:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        if meta["fingerprint"] != fp:
+            raise ValueError("fingerprint mismatch")
+        arrays = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
+    return PreparedData(
+        arrays, Normalizer.from_dict(meta["normalizer"]), meta["num_outputs"], meta["class_names"], meta["feature_names"], fp, path
+    )

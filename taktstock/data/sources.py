@@ -1,0 +1,208 @@
+"""Raw data sources: bundled scikit-learn sets, CSV, NPZ, synthetic, and user datasets by import path.
+
+A source returns the full, unsplit data as arrays plus a fingerprint of its content, so the
+prepared cache is invalidated exactly when the source changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taktstock.config.schema import Config
+from taktstock.errors import ConfigError
+from taktstock.utils.imports import import_object, is_import_path
+
+
+@dataclass
+class RawData:
+    """Unsplit arrays: x is (N, *sample_shape) float32; y is (N,) int64 class ids or float32 targets."""
+
+    x: np.ndarray
+    y: np.ndarray
+    fingerprint: str
+    class_names: list[str] = field(default_factory=list)
+    feature_names: list[str] = field(default_factory=list)
+
+
+_SOURCES: dict[str, Callable[[Config], RawData]] = {}
+
+
+def register_source(name: str) -> Callable[[Callable[[Config], RawData]], Callable[[Config], RawData]]:
+    """Decorator: make a loader function available as `data.source: <name>`."""
+
+    def decorate(fn: Callable[[Config], RawData]) -> Callable[[Config], RawData]:
+        _SOURCES[name] = fn
+        return fn
+
+    return decorate
+
+
+def load_source(config: Config) -> RawData:
+    name = config.data.source
+    if is_import_path(name):
+        return _user_source(config)
+    if name not in _SOURCES:
+        raise ConfigError(f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class')")
+    return _SOURCES[name](config)
+
+
+def _sklearn(name: str, loader: str, images: bool = False) -> None:
+    def load(config: Config) -> RawData:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, loader)()
+        x = (bunch.images[:, None, :, :] if images else bunch.data).astype(np.float32)
+        regression = config.task == "regression"
+        y = bunch.target.astype(np.float32 if regression else np.int64)
+        classes = [] if regression else [str(c) for c in getattr(bunch, "target_names", sorted(set(bunch.target)))]
+        return RawData(x, y, fingerprint=f"sklearn:{loader}", class_names=classes, feature_names=list(getattr(bunch, "feature_names", [])))
+
+    register_source(name)(load)
+
+
+_sklearn("digits", "load_digits", images=True)
+_sklearn("wine", "load_wine")
+_sklearn("breast_cancer", "load_breast_cancer")
+_sklearn("iris", "load_iris")
+_sklearn("diabetes", "load_diabetes")
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _require_file(config: Config) -> Path:
+    if not config.data.path:
+        raise ConfigError(f"data.path: required for data.source={config.data.source}")
+    path = Path(config.data.path)
+    if not path.is_file():
+        raise ConfigError(f"data.path: file not found: {path}")
+    return path
+
+
+@register_source("csv")
+def load_csv(config: Config) -> RawData:
+    """A header row, numeric feature columns and a target column (class labels or numbers)."""
+    path = _require_file(config)
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise ConfigError(f"data.path: {path} has no data rows")
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    target = config.data.target
+    if target is None or target not in header:
+        raise ConfigError(f"data.target: column '{target}' not in {path} (columns: {', '.join(header)})")
+    features = config.data.features or [h for h in header if h != target]
+    missing = [c for c in features if c not in header]
+    if missing:
+        raise ConfigError(f"data.features: columns {missing} not in {path}")
+    cols = [header.index(c) for c in features]
+    try:
+        x = np.array([[float(r[i]) for i in cols] for r in body], dtype=np.float32)
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(f"data.path: {path}: non-numeric or missing feature value ({exc})") from None
+    raw_y = [r[header.index(target)].strip() for r in body]
+    y, classes = _targets(raw_y, config)
+    fp = f"csv:{_file_hash(path)}:{target}:{','.join(features)}"
+    return RawData(x, y, fingerprint=fp, class_names=classes, feature_names=features)
+
+
+def _targets(values: list[str] | np.ndarray, config: Config) -> tuple[np.ndarray, list[str]]:
+    if config.task == "regression":
+        try:
+            return np.asarray(values, dtype=np.float32), []
+        except ValueError:
+            raise ConfigError(f"data.target: non-numeric target values for a regression loss ({config.loss.name})") from None
+    classes = sorted({str(v) for v in values}, key=lambda s: (not _is_number(s), float(s) if _is_number(s) else 0.0, s))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[str(v)] for v in values], dtype=np.int64), classes
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+@register_source("npz")
+def load_npz(config: Config) -> RawData:
+    """Arrays 'x' (or 'X') and 'y' (or data.target) in a .npz file."""
+    path = _require_file(config)
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"data.path: cannot read {path} as .npz ({exc})") from None
+    xkey = next((k for k in ("x", "X") if k in arrays), None)
+    ykey = config.data.target or "y"
+    if xkey is None or ykey not in arrays:
+        raise ConfigError(f"data.path: {path} must contain arrays 'x' and '{ykey}' (has {', '.join(arrays.files)})")
+    x = arrays[xkey].astype(np.float32)
+    if config.task == "regression":
+        y, classes = arrays[ykey].astype(np.float32), []
+    else:
+        y, classes = _targets(arrays[ykey].tolist(), config)
+    return RawData(x, y, fingerprint=f"npz:{_file_hash(path)}:{ykey}", class_names=classes)
+
+
+@register_source("synthetic")
+def load_synthetic(config: Config) -> RawData:
+    """Deterministic random data: kwargs n_samples, n_features, n_classes (0 = regression), shape."""
+    kw = {"n_samples": 2048, "n_features": 64, "n_classes": 10, "shape": None} | config.data.kwargs
+    unknown = set(kw) - {"n_samples", "n_features", "n_classes", "shape"}
+    if unknown:
+        raise ConfigError(f"data.kwargs: unknown synthetic option(s) {sorted(unknown)}")
+    rng = np.random.default_rng(config.seed)
+    n, f = int(kw["n_samples"]), int(kw["n_features"])
+    shape = tuple(kw["shape"]) if kw["shape"] else (f,)
+    x = rng.standard_normal((n, *shape), dtype=np.float32)
+    w = rng.standard_normal((int(np.prod(shape)), max(int(kw["n_classes"]), 1))).astype(np.float32)
+    logits = x.reshape(n, -1) @ w
+    if config.task == "regression" or int(kw["n_classes"]) == 0:
+        y = logits[:, 0].astype(np.float32)
+        classes: list[str] = []
+    else:
+        y = logits.argmax(1).astype(np.int64)
+        classes = [str(i) for i in range(int(kw["n_classes"]))]
+    return RawData(x, y, fingerprint=f"synthetic:{json.dumps(kw, sort_keys=True)}:{config.seed}", class_names=classes)
+
+
+def _user_source(config: Config) -> RawData:
+    """A user Dataset class (items are (x, y)) or a function returning (x, y) arrays, by import path."""
+    obj = import_object(config.data.source, "data.source")
+    try:
+        produced: Any = obj(**config.data.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"data.kwargs: cannot construct {config.data.source} ({exc})") from None
+    if isinstance(produced, tuple) and len(produced) == 2:
+        x, y = (np.asarray(a) for a in produced)
+    else:
+        items = [produced[i] for i in range(len(produced))]
+        x = np.stack([np.asarray(a) for a, _ in items])
+        y = np.asarray([np.asarray(b) for _, b in items])
+    try:
+        code = inspect.getsource(obj)
+    except (OSError, TypeError):
+        code = ""
+    fingerprint_fn = getattr(produced, "fingerprint", None)
+    extra = fingerprint_fn() if callable(fingerprint_fn) else hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+    fp = f"user:{config.data.source}:{json.dumps(config.data.kwargs, sort_keys=True, default=str)}:{hashlib.sha256(code.encode()).hexdigest()}:{extra}"
+    classes = [str(c) for c in getattr(produced, "classes", [])]
+    if config.task == "regression":
+        return RawData(x.astype(np.float32), y.astype(np.float32), fp)
+    y_ids, found = _targets(y.tolist(), config)
+    return RawData(x.astype(np.float32), y_ids, fp, class_names=classes or found)

@@ -1,0 +1,84 @@
+"""Whole-epoch metrics (never averages of per-batch values), accumulated on the device.
+
+Classification: loss, acc, f1, precision, recall (macro). Regression: loss, mse, mae, r2.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from taktstock.config.schema import Config
+
+CLASSIFICATION = ("loss", "acc", "f1", "precision", "recall")
+REGRESSION = ("loss", "mse", "mae", "r2")
+
+
+def _extra_names(config: Config) -> list[str]:
+    return [path.rpartition(":")[2].lower() for path in config.metrics.extra]
+
+
+def metric_names(config: Config) -> list[str]:
+    """Every metric name a run logs for validation and training (used to check metrics.monitor)."""
+    base = CLASSIFICATION if config.task == "classification" else REGRESSION
+    names = [f"val/{n}" for n in (*base, *_extra_names(config))]
+    names += ["train/loss"] + (["train/acc"] if config.task == "classification" else [])
+    return names
+
+
+def class_scores(output: torch.Tensor) -> torch.Tensor:
+    """Logits -> per-class scores; a single binary logit becomes two columns [-z, z]."""
+    if output.ndim == 1 or output.shape[-1] == 1:
+        z = output.reshape(-1, 1)
+        return __import__("torch").cat([-z, z], dim=1)
+    return output
+
+
+class EpochMetrics:
+    """Loss and task metrics over a whole pass through a split."""
+
+    def __init__(self, config: Config, num_outputs: int, device: torch.device, prefix: str = "val") -> None:
+        import torchmetrics
+        from torchmetrics import classification as C
+        from torchmetrics import regression as R
+
+        from taktstock.utils.imports import import_object
+
+        self.prefix = prefix
+        self.task = config.task
+        self.loss = torchmetrics.MeanMetric().to(device)
+        metrics: dict[str, Any]
+        if self.task == "classification":
+            n = max(num_outputs, 2)
+            self.num_classes = n
+            common = {"num_classes": n, "validate_args": False}
+            metrics = {
+                "acc": C.MulticlassAccuracy(average="micro", **common),
+                "f1": C.MulticlassF1Score(average="macro", **common),
+                "precision": C.MulticlassPrecision(average="macro", **common),
+                "recall": C.MulticlassRecall(average="macro", **common),
+            }
+        else:
+            self.num_classes = 0
+            metrics = {"mse": R.MeanSquaredError(), "mae": R.MeanAbsoluteError(), "r2": R.R2Score()}
+        for path in config.metrics.extra:
+            metrics[path.rpartition(":")[2].lower()] = import_object(path, "metrics.extra")()
+        self.metrics = torchmetrics.MetricCollection(metrics).to(device)
+
+    def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        self.loss.update(loss.detach(), weight=target.shape[0])
+        out = output.detach().float()
+        if self.task == "classification":
+            self.metrics.update(class_scores(out), target)
+        else:
+            self.metrics.update(out.reshape(target.shape), target.float())
+
+    def compute(self) -> dict[str, float]:
+        values = {"loss": self.loss.compute()} | dict(self.metrics.compute())
+        return {f"{self.prefix}/{k}": float(v) for k, v in values.items()}
+
+    def reset(self) -> None:
+        self.loss.reset()
+        self.metrics.reset()

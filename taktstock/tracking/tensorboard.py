@@ -1,0 +1,50 @@
+"""TensorBoard scalars, hparams and optional weight/gradient histograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from taktstock.utils.dicts import flatten_dict
+
+
+class TensorBoardTracker:
+    name = "tensorboard"
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+        self._hparams: dict[str, Any] = {}
+
+    def start(self, config: dict[str, Any], resume_state: dict[str, Any] | None, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides events a killed run wrote after its last checkpoint: one continuous curve.
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if resume_state is not None else None)
+        self._hparams = {k: v for k, v in flatten_dict(config).items() if isinstance(v, (int, float, str, bool))}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+
+    def log_histograms(self, model: nn.Module, step: int) -> None:
+        for name, p in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+            if p.grad is not None:
+                self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
+
+    def log_summary(self, final: dict[str, float]) -> None:
+        self.writer.add_hparams(self._hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def finish(self, status: str) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

@@ -1,0 +1,70 @@
+"""Optimizers (any torch.optim class by name) and learning-rate schedules."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import nn
+
+from taktstock.config.schema import Config
+from taktstock.errors import ConfigError
+
+
+def _optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    return {
+        name.lower(): cls
+        for name, cls in vars(torch.optim).items()
+        if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
+    }
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """torch.optim class by case-insensitive name."""
+    table = _optimizers()
+    try:
+        return table[name.lower()]
+    except KeyError:
+        raise ConfigError(f"optim.name: unknown optimizer '{name}' (choose from {', '.join(sorted(table))})") from None
+
+
+def build_optimizer(config: Config, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    cls = optimizer_class(config.optim.name)
+    kwargs = dict(config.optim.kwargs())
+    params = inspect.signature(cls.__init__).parameters
+    # Fused kernels are the fastest path on CUDA; CPU keeps the default (foreach) implementation.
+    if device.type == "cuda" and "fused" in params and "fused" not in kwargs:
+        kwargs["fused"] = True
+    return cls(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kwargs)
+
+
+def build_scheduler(
+    config: Config, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """A scheduler advanced once per optimizer step (plateau: once per validation)."""
+    s = config.scheduler
+    sched = torch.optim.lr_scheduler
+    total_steps = max(total_steps, 1)
+    if s.name == "none":
+        return None
+    if s.name == "step":
+        return sched.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=s.min_lr)
+    if s.name == "onecycle":
+        return sched.OneCycleLR(optimizer, max_lr=s.max_lr or config.optim.lr, total_steps=total_steps)
+    if s.name == "warmup_cosine":
+        warmup, base, floor = s.warmup_steps, config.optim.lr, s.min_lr
+
+        # A pure function of the step: nothing to drift on resume.
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return (floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * progress))) / base
+
+        return sched.LambdaLR(optimizer, factor)
+    if s.name == "plateau":
+        return sched.ReduceLROnPlateau(optimizer, mode=config.metrics.mode, factor=s.gamma, patience=s.patience, min_lr=s.min_lr)
+    raise ConfigError(f"scheduler.name: unknown scheduler '{s.name}'")

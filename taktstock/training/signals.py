@@ -1,0 +1,47 @@
+"""Preemption: SIGTERM/SIGINT only set a flag; the loop checkpoints at the next step boundary.
+
+Checkpointing inside a signal handler can deadlock (locks held by the interrupted code), so the
+handler does nothing but record the request. A second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+
+class PreemptionHandler:
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Outside the main thread (e.g. a tuning worker thread) signal handlers cannot be installed.
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested == "SIGINT" and signum == signal.SIGINT:
+            os.write(2, b"\nsecond SIGINT: exiting immediately\n")
+            os._exit(130)
+        self.requested = name
+        os.write(2, f"\n{name} received: stopping after the current step and saving a checkpoint\n".encode())
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def exit_code_for(signal_name: str) -> int:
+    return 128 + int(getattr(signal, signal_name))
+
+
+def eprint(*args: Any) -> None:
+    print(*args, file=sys.stderr)
