@@ -28,6 +28,14 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
+# Airflow in its own environment (its pins conflict with MLflow's); used by the pipeline tests.
+AIRFLOW_VENV ?= .venv-airflow
+$(AIRFLOW_VENV)/.installed: requirements-airflow.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q -r requirements-airflow.txt
+	touch $@
+
 venv: $(VENV)/.runtime
 dev: $(VENV)/.dev
 
@@ -42,7 +50,7 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint $(AIRFLOW_VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 clean:
