@@ -1,0 +1,70 @@
+"""Shared fixtures: run the real CLI in a subprocess, write small experiment files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Third-party telemetry and network calls are off for every test.
+os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", WANDB_MODE="offline", RAY_USAGE_STATS_ENABLED="0")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for a taktstock subprocess: this checkout importable, telemetry off."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m taktstock ARGS` as a user would run it; returns the completed process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "taktstock", *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"taktstock {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tiny_config(**sections: Any) -> dict[str, Any]:
+    """A fast digits experiment (small MLP, 2 epochs); keyword arguments update whole sections."""
+    config: dict[str, Any] = {
+        "experiment": {"name": "tiny"},
+        "seed": 1,
+        "data": {"source": "digits"},
+        "model": {"name": "mlp", "hidden": [32], "dropout": 0.1},
+        "optim": {"name": "adamw", "lr": 0.003},
+        "train": {"epochs": 2, "batch_size": 64, "log_every_n_steps": 5},
+        "metrics": {"monitor": "val/acc", "mode": "max"},
+        "logging": {"tensorboard": False, "plots": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = config[key] | value
+        else:
+            config[key] = value
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary project directory used as the working directory (data cache and runs land here)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
