@@ -24,7 +24,7 @@ from taktstock.training.distributed import DistEnv, setup_distributed, teardown_
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.resume import check_resume_compatible
 from taktstock.training.rng import seed_everything
-from taktstock.training.trainer import Preempted, Trainer, TrainerParts
+from taktstock.training.trainer import HORIZON_SCHEDULERS, Preempted, Trainer, TrainerParts
 
 
 @dataclass
@@ -91,7 +91,9 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         save_best_weights=(lambda: components.save_weights(model, run.best)) if dist.is_main else None,
     )
     trainer = Trainer(parts)
-    parts.scheduler = components.build_scheduler_for(config, optimizer, trainer.total_steps())
+    if ckpt_state is not None:
+        _freeze_schedule_horizon(trainer, ckpt_state)
+    parts.scheduler = components.build_scheduler_for(config, optimizer, trainer.schedule_total_steps)
     if ckpt_state is not None:
         trainer.load_checkpoint_state(ckpt_state)
         if trainer.state.stop_reason in ("completed", "max_steps"):
@@ -116,7 +118,13 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     finally:
         metrics_file.close()
         if dist.is_main:
-            run.update_info(status=status, ended=time.time(), steps=trainer.state.step, best=parts.monitor.best)
+            run.update_info(
+                status=status, ended=time.time(), steps=trainer.state.step, best=parts.monitor.best, nan_skips=trainer.state.nan_skips
+            )
+            if trainer.state.nan_skips:
+                print(
+                    f"warning: skipped {trainer.state.nan_skips} batch(es) with a non-finite loss (train.nan_policy=skip)", file=sys.stderr
+                )
             trackers.finish("FINISHED" if status == "completed" else "FAILED" if status in ("failed", "aborted") else "KILLED")
     return _finish(config, run, trainer, parts, dist)
 
@@ -149,7 +157,9 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
     if not run.root.is_dir():
         raise ConfigError(f"--resume: run directory not found: {run.root}")
     if dist.is_main:
-        ckpts.prepare()
+        removed = ckpts.prepare()
+        if removed:
+            print(f"removed {len(removed)} partial file(s) of an interrupted checkpoint write", file=sys.stderr)
     info = ckpts.latest_valid()
     if info is None:
         print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
@@ -162,6 +172,21 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
             "exact resume needs the same world size (use --force to continue anyway)"
         )
     return info.path, state
+
+
+def _freeze_schedule_horizon(trainer: Trainer, ckpt_state: dict[str, Any]) -> None:
+    """Keep the LR schedule of the original run when train.epochs/max_steps change on resume."""
+    frozen = ckpt_state.get("schedule_total_steps")
+    if frozen is None:
+        return
+    now, name = trainer.total_steps(), trainer.cfg.scheduler.name
+    trainer.schedule_total_steps = frozen
+    if now != frozen and name in HORIZON_SCHEDULERS:
+        beyond = f"; the {now - frozen} step(s) beyond it keep the final learning rate" if now > frozen else ""
+        print(
+            f"note: the run now has {now} steps, the '{name}' learning-rate schedule keeps its original horizon of {frozen} steps{beyond}",
+            file=sys.stderr,
+        )
 
 
 def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], resumed: bool) -> None:
