@@ -147,6 +147,14 @@ class Child:
             except ProcessLookupError:
                 pass
 
+    def signal_group(self, sig: int) -> None:
+        """Send `sig` to the process and its DataLoader workers, as Ctrl-C in a terminal does."""
+        if self.rc is None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                self.signal(sig)
+
     def kill_group(self) -> None:
         """SIGKILL the training process and its DataLoader workers (like an OOM killer or a lost node)."""
         if self.rc is None:

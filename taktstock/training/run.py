@@ -13,7 +13,7 @@ from taktstock.config.loader import config_to_dict, load_config, save_config
 from taktstock.config.schema import Config
 from taktstock.data.loaders import build_train_batches, eval_batches
 from taktstock.data.prepare import prepare
-from taktstock.errors import ConfigError, TrainingAborted
+from taktstock.errors import CheckpointError, ConfigError, TrainingAborted
 from taktstock.metrics.collection import EpochMetrics
 from taktstock.run_dir import RunDir
 from taktstock.tracking.base import TrackerGroup
@@ -165,6 +165,9 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
         print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
         return None, None
     state = load_checkpoint(info.path)
+    missing = [k for k in ("format", "model", "optimizer", "rng", "loop", "sums", "monitor", "metrics_offset") if k not in state]
+    if missing or state["format"] != 1:
+        raise CheckpointError(f"{info.path} is not a taktstock checkpoint of a supported format (missing: {', '.join(missing) or 'none'})")
     world = state.get("world_size", 1)
     if world != dist.world_size and not force:
         raise ConfigError(

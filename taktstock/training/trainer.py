@@ -291,7 +291,8 @@ class Trainer:
         if not metrics or not self.p.dist.is_main:
             return
         record = {"step": self.state.step, "epoch": self.state.epoch} | metrics
-        self.p.metrics_file.write(record)  # first: the local log stays complete whatever trackers do
+        with self._write_guard("metrics.jsonl"):
+            self.p.metrics_file.write(record)  # first: the local log stays complete whatever trackers do
         self.p.trackers.log_metrics(metrics, self.state.step)
 
     def _check_finite(self) -> None:
