@@ -203,10 +203,30 @@ def checkpoint_write_in_progress(ckpt_dir: Path) -> bool:
     return any(n.endswith(".pt") and n.startswith("step-") and n[:-3] + ".json" not in names for n in names)
 
 
+# A train.step_fn that computes exactly the default step, but marks validation with a file (and makes
+# each validation batch take 5 ms) so that kills can be aimed into validation.
+VALIDATION_MARKER_STEP = """
+import pathlib, time
+from taktstock.training.step import default_step
+
+MARKER = pathlib.Path("validating")
+
+
+def step(model, batch, loss_fn):
+    if model.training:
+        MARKER.unlink(missing_ok=True)
+    else:
+        MARKER.touch()
+        time.sleep(0.005)
+    return default_step(model, batch, loss_fn)
+"""
+
+
 @dataclass
 class KillStats:
     kills: int = 0
     in_write: int = 0
+    in_validation: int = 0
     resumes: int = 0
     points: list[str] = field(default_factory=list)
 
@@ -234,13 +254,17 @@ def kill_and_resume(
     env: dict[str, str] | None = None,
     in_write_fraction: float = 0.0,
     write_window: float = 0.0,
+    val_marker: Path | None = None,
+    in_val_fraction: float = 0.0,
     timeout: float = 120,
 ) -> KillStats:
     """Train into `run_dir`, SIGKILL it `kills` times at random points, resuming each time; then finish.
 
     Kill points: after a random number of metrics.jsonl lines (a random point of the run, taken from
     the uninterrupted run's `total_lines`) plus a random sub-step delay, or - with probability
-    `in_write_fraction` - at a random moment within `write_window` seconds after a checkpoint write began.
+    `in_write_fraction` - at a random moment within `write_window` seconds after a checkpoint write began,
+    or - with probability `in_val_fraction` - during validation, which the run's step function signals
+    by keeping the file `val_marker` while it evaluates (see VALIDATION_MARKER_STEP).
     """
     stats = KillStats()
     log_dir = cwd / "logs"
@@ -252,6 +276,8 @@ def kill_and_resume(
         args = ["train", "--resume", str(run_dir)] if n > 1 else ["train", str(config), "--run-dir", str(run_dir)]
         if n > 1:
             stats.resumes += 1
+        if val_marker is not None:
+            val_marker.unlink(missing_ok=True)
         child = server.start(args, cwd, log_dir / f"{run_dir.name}-{n}.log", env)
         if stats.kills >= kills:
             rc = child.wait(timeout)
@@ -262,7 +288,14 @@ def kill_and_resume(
         # Spread the remaining kills over the rest of the run (on average), so all of them land before it ends.
         span = max(1, 2 * (total_lines - 1 - start_lines) // (kills - stats.kills + 1))
         target = min(rng.randint(start_lines, start_lines + span), max(start_lines, total_lines - 1))
-        if rng.random() < in_write_fraction:
+        mode = rng.random()
+        if val_marker is not None and mode >= 1 - in_val_fraction:
+            point = f"validation after line {target}"
+            hit = wait_until(lambda: count_lines(metrics) >= target, child, timeout)
+            hit = hit and wait_until(val_marker.exists, child, timeout)
+            if hit:
+                time.sleep(rng.random() * 0.02)
+        elif mode < in_write_fraction:
             # Past a random point (at least one new metrics line, so leftovers of the previous kill do not
             # count), then into the next checkpoint write, then a random moment inside it.
             point = f"write after line {target}"
@@ -277,12 +310,16 @@ def kill_and_resume(
                 time.sleep(rng.random() * 0.004)
         if hit and child.poll() is None:
             in_write = checkpoint_write_in_progress(run_dir / "checkpoints")
+            in_val = val_marker is not None and val_marker.exists()
             child.kill_group()
             rc = child.wait(timeout)
             if rc == -signal.SIGKILL:
                 stats.kills += 1
                 stats.in_write += in_write
-                stats.points.append(point + (" (inside a checkpoint write)" if in_write else ""))
+                stats.in_validation += in_val
+                stats.points.append(
+                    point + (" (inside a checkpoint write)" if in_write else "") + (" (during validation)" if in_val else "")
+                )
                 continue
         rc = child.wait(timeout)
         if rc != 0 and rc != -signal.SIGKILL:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_config, write_config
-from resume_harness import ForkServer, count_lines, kill_and_resume, shared_server
+from resume_harness import VALIDATION_MARKER_STEP, ForkServer, count_lines, kill_and_resume, shared_server
 
 
 @pytest.fixture
@@ -75,8 +75,11 @@ def test_sigkill_at_random_points_resumes_bit_identical_with_dataloader_workers(
     assert_same_run(run, ref)
 
 
-def test_sigkill_inside_checkpoint_writes_resumes_bit_identical(server, tmp_path):
-    cfg, ref = reference_run(server, tmp_path, kill_config(workers=0, epochs=4))
+def test_sigkill_inside_checkpoint_writes_and_validation_resumes_bit_identical(server, tmp_path):
+    (tmp_path / "markstep.py").write_text(VALIDATION_MARKER_STEP)
+    config = kill_config(workers=0, epochs=4)
+    config["train"]["step_fn"] = "markstep:step"
+    cfg, ref = reference_run(server, tmp_path, config)
     run = tmp_path / "killed"
     # Each checkpoint write sleeps twice (before its rename, before its manifest): kills land inside writes.
     env = {"TAKTSTOCK_TEST_SLOW_CHECKPOINT_WRITE": "0.05"}
@@ -85,15 +88,17 @@ def test_sigkill_inside_checkpoint_writes_resumes_bit_identical(server, tmp_path
         tmp_path,
         cfg,
         run,
-        kills=7,
+        kills=8,
         rng=random.Random(13),
         total_lines=count_lines(ref / "metrics.jsonl"),
         env=env,
-        in_write_fraction=1.0,
-        write_window=0.1,
+        in_write_fraction=0.6,
+        write_window=0.07,
+        val_marker=tmp_path / "validating",
+        in_val_fraction=0.4,
     )
-    assert stats.kills == 7, stats.points
-    assert stats.in_write >= 3, stats.points
+    assert stats.kills == 8, stats.points
+    assert stats.in_write >= 2 and stats.in_validation >= 2, stats.points
     assert_same_run(run, ref)
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-")], "stale temporary files left"
 
