@@ -273,9 +273,10 @@ def kill_and_resume(
     n = 0
     while True:
         n += 1
-        args = ["train", "--resume", str(run_dir)] if n > 1 else ["train", str(config), "--run-dir", str(run_dir)]
-        if n > 1:
-            stats.resumes += 1
+        # A kill before the run directory was set up leaves nothing to resume: start again, as a user would.
+        resumable = (run_dir / "config.yaml").exists()
+        args = ["train", "--resume", str(run_dir)] if resumable else ["train", str(config), "--run-dir", str(run_dir)]
+        stats.resumes += resumable
         if val_marker is not None:
             val_marker.unlink(missing_ok=True)
         child = server.start(args, cwd, log_dir / f"{run_dir.name}-{n}.log", env)
@@ -284,7 +285,7 @@ def kill_and_resume(
             if rc != 0:
                 raise AssertionError(f"final resume failed ({rc}):\n{child.output()}")
             return stats
-        start_lines = count_lines(metrics) if n > 1 else 0
+        start_lines = count_lines(metrics) if resumable else 0
         # Spread the remaining kills over the rest of the run (on average), so all of them land before it ends.
         span = max(1, 2 * (total_lines - 1 - start_lines) // (kills - stats.kills + 1))
         target = min(rng.randint(start_lines, start_lines + span), max(start_lines, total_lines - 1))

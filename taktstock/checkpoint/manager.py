@@ -120,8 +120,11 @@ class CheckpointManager:
             tmp.unlink(missing_ok=True)
             try:
                 os.link(src, tmp)
-            except OSError:  # Filesystems without hard links get a copy.
-                tmp.write_bytes(src.read_bytes())
+            except OSError:  # Filesystems without hard links get a durable copy.
+                with open(tmp, "wb") as f:
+                    f.write(src.read_bytes())
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, dst)
         fsync_dir(self.dir)
 

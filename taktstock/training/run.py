@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taktstock.checkpoint.atomic import atomic_write_text
 from taktstock.checkpoint.manager import CheckpointManager, load_checkpoint
 from taktstock.config.loader import config_to_dict, load_config, save_config
 from taktstock.config.schema import Config
@@ -198,7 +199,7 @@ def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], re
     run.root.mkdir(parents=True, exist_ok=True)
     run.checkpoints.mkdir(exist_ok=True)
     save_config(config, run.config)
-    run.preprocessing.write_text(json.dumps(preprocessing))
+    atomic_write_text(run.preprocessing, json.dumps(preprocessing))
     fields: dict[str, Any] = {
         "name": config.experiment.name,
         "status": "running",
