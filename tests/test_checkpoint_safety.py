@@ -328,3 +328,39 @@ def test_resume_guard_names_changed_keys_allows_longer_training_and_force(server
 
     rc, log = resume(server, tmp_path, run, "optim.lr=0.5", "--force", name="forced")
     assert rc == 0, log
+
+
+# -- user callback state --------------------------------------------------------------------
+
+COUNTING_CALLBACK = """
+import json
+
+
+class StepCounter:
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, trainer):
+        self.steps += 1
+
+    def on_train_end(self, trainer):
+        with open("callback_steps.json", "w") as f:
+            json.dump({"counted": self.steps, "trainer": trainer.state.step}, f)
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+"""
+
+
+def test_user_callback_state_is_checkpointed_and_restored(server, tmp_path):
+    (tmp_path / "counting.py").write_text(COUNTING_CALLBACK)
+    config = safety_config(callbacks=["counting:StepCounter"])
+    run, rc, _, out = stop_with_signal(server, tmp_path, config, signal.SIGTERM, after_lines=30)
+    assert rc == 128 + signal.SIGTERM, out
+    rc, log = resume(server, tmp_path, run)
+    assert rc == 0, log
+    counts = json.loads((tmp_path / "callback_steps.json").read_text())
+    assert counts["counted"] == counts["trainer"] > 30

@@ -351,6 +351,8 @@ class Trainer:
             "metrics_offset": p.metrics_file.offset() if p.dist.is_main else 0,
             "world_size": p.dist.world_size,
             "schedule_total_steps": self.schedule_total_steps,
+            # User callbacks with state take part like any other component (plain data only).
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in p.callbacks],
             "num_threads": torch.get_num_threads(),
         } | p.extra_state()
 
@@ -366,6 +368,9 @@ class Trainer:
         self.interval.load_state_dict(ckpt["sums"]["interval"])
         self.epoch_sums.load_state_dict(ckpt["sums"]["epoch"])
         p.monitor.load_state_dict(ckpt["monitor"])
+        for cb, state in zip(p.callbacks, ckpt.get("callbacks") or [], strict=False):
+            if state is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(state)
         restore_rng(ckpt["rng"])
         threads = ckpt.get("num_threads")
         if threads is not None and threads != torch.get_num_threads():
