@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
@@ -16,10 +17,11 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+def atomic_write_bytes(path: Path, data: bytes | memoryview, before_replace: Callable[[], None] | None = None) -> None:
     """Replace `path` with `data` so that readers see either the old or the new file, never a mix.
 
     On any error the temporary file is removed and the previous file is left untouched.
+    `before_replace` runs between the durable write and the rename (a fault-injection point for tests).
     """
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
@@ -28,6 +30,8 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            if before_replace is not None:
+                before_replace()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

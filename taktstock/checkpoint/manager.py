@@ -6,18 +6,33 @@ Layout of RUN_DIR/checkpoints/:
     best.pt / best.json        the checkpoint with the best monitored metric
 
 A checkpoint counts only once its manifest exists and the hash matches, so a file cut short by
-a kill or a full disk is never loaded.
+a kill or a full disk is never loaded. Every file is replaced atomically (see `atomic`); the
+manifest is the commit record:
+  * new file: data first, manifest second; a kill in between leaves data without a manifest,
+    which is ignored and removed on the next resume;
+  * rewriting an existing file (best.pt, or the same step saved again): first a manifest that
+    accepts both the old and the new hash, then the data, then the final manifest - so at every
+    instant the file on disk matches its manifest.
+
+Fault injection for the crash-safety tests (never set these in production):
+    TAKTSTOCK_TEST_SLOW_CHECKPOINT_WRITE=SECONDS  sleep inside each checkpoint write (after the
+        temporary file is durable but before its rename, and again before the manifest), so a
+        test can kill the process while a checkpoint is being written;
+    TAKTSTOCK_TEST_FAIL_CHECKPOINT_WRITE=N        the N-th checkpoint write of the process fails
+        with OSError(ENOSPC), as on a full disk.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import pickle
 import re
-import warnings
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +43,8 @@ from taktstock.checkpoint.atomic import atomic_write_bytes, atomic_write_text, f
 from taktstock.errors import CheckpointError
 
 _PERIODIC = re.compile(r"step-(\d+)\.json$")
+_SLOW_ENV = "TAKTSTOCK_TEST_SLOW_CHECKPOINT_WRITE"
+_FAIL_ENV = "TAKTSTOCK_TEST_FAIL_CHECKPOINT_WRITE"
 
 
 @dataclass
@@ -35,17 +52,24 @@ class CheckpointInfo:
     path: Path
     step: int
     sha256: str
+    previous_sha256: str | None = None  # set only while the file is being replaced
 
 
 class CheckpointManager:
     def __init__(self, directory: Path, keep_last: int = 3) -> None:
         self.dir = Path(directory)
         self.keep_last = keep_last
+        self._writes = 0
 
-    def prepare(self) -> None:
-        """Create the directory and clear temporaries of an interrupted write."""
+    def prepare(self) -> list[Path]:
+        """Create the directory and clear what an interrupted write left: temporaries and data without a manifest."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.dir)
+        removed = remove_stale_temporaries(self.dir)
+        for data in self.dir.glob("step-*.pt"):
+            if not data.with_suffix(".json").exists():
+                data.unlink(missing_ok=True)
+                removed.append(data)
+        return removed
 
     # -- writing -----------------------------------------------------------------------------
     def save(self, state: dict[str, Any], step: int) -> Path:
@@ -64,12 +88,30 @@ class CheckpointManager:
     def _write(self, path: Path, state: dict[str, Any], step: int) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        data = buffer.getbuffer()
+        data = buffer.getbuffer()  # a view: no second copy of the serialised state
         digest = hashlib.sha256(data).hexdigest()
-        # Data first, manifest second: a kill in between leaves a .pt without manifest, which is ignored.
-        atomic_write_bytes(path, data)
+        manifest_path = path.with_suffix(".json")
         manifest = {"file": path.name, "sha256": digest, "size": len(data), "step": step}
-        atomic_write_text(path.with_suffix(".json"), json.dumps(manifest))
+        old = _read_manifest(manifest_path) if path.exists() else None
+        if old is not None and old.sha256 != digest:
+            # Replacing a committed file: accept both hashes while the data is swapped.
+            atomic_write_text(manifest_path, json.dumps(manifest | {"previous_sha256": old.sha256}))
+        atomic_write_bytes(path, data, before_replace=self._test_faults)
+        self._test_slow()
+        atomic_write_text(manifest_path, json.dumps(manifest))
+
+    def _test_faults(self) -> None:
+        self._writes += 1
+        fail = os.environ.get(_FAIL_ENV)
+        if fail and self._writes == int(fail):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._test_slow()
+
+    @staticmethod
+    def _test_slow() -> None:
+        slow = os.environ.get(_SLOW_ENV)
+        if slow:
+            time.sleep(float(slow))
 
     def _link_last(self, path: Path) -> None:
         for suffix in (".pt", ".json"):
@@ -78,13 +120,17 @@ class CheckpointManager:
             tmp.unlink(missing_ok=True)
             try:
                 os.link(src, tmp)
-            except OSError:  # Filesystems without hard links get a copy.
-                tmp.write_bytes(src.read_bytes())
+            except OSError:  # Filesystems without hard links get a durable copy.
+                with open(tmp, "wb") as f:
+                    f.write(src.read_bytes())
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, dst)
         fsync_dir(self.dir)
 
     def _prune(self) -> None:
         for info in self.periodic()[self.keep_last :]:
+            # Manifest first: a kill in between leaves an orphan data file, never a manifest without data.
             info.path.with_suffix(".json").unlink(missing_ok=True)
             info.path.unlink(missing_ok=True)
 
@@ -102,12 +148,12 @@ class CheckpointManager:
         return sorted(found, key=lambda i: i.step, reverse=True)
 
     def latest_valid(self) -> CheckpointInfo | None:
-        """The newest periodic checkpoint whose hash verifies; damaged newer ones are reported and skipped."""
+        """The newest periodic checkpoint whose hash verifies; damaged newer ones are reported on stderr and skipped."""
         for info in self.periodic():
             problem = verify(info)
             if problem is None:
                 return info
-            warnings.warn(f"skipping damaged checkpoint {info.path.name}: {problem}", stacklevel=2)
+            print(f"warning: skipping damaged checkpoint {info.path}: {problem}; trying the previous one", file=sys.stderr)
         return None
 
     def best(self) -> CheckpointInfo | None:
@@ -118,7 +164,7 @@ class CheckpointManager:
 def _read_manifest(path: Path) -> CheckpointInfo | None:
     try:
         m = json.loads(path.read_text())
-        return CheckpointInfo(path.with_name(m["file"]), int(m["step"]), m["sha256"])
+        return CheckpointInfo(path.with_name(m["file"]), int(m["step"]), m["sha256"], m.get("previous_sha256"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -129,7 +175,7 @@ def verify(info: CheckpointInfo) -> str | None:
         data = info.path.read_bytes()
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
-    if hashlib.sha256(data).hexdigest() != info.sha256:
+    if hashlib.sha256(data).hexdigest() not in (info.sha256, info.previous_sha256):
         return "content does not match its SHA-256 (truncated or corrupted)"
     return None
 
@@ -140,6 +186,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(f"refusing to load {path}: it contains objects other than tensors and plain data ({first})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains objects other than tensors and plain data ({first}). "
+            "Checkpoints are loaded with torch.load(weights_only=True); never load files from untrusted sources otherwise."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None

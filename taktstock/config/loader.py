@@ -212,4 +212,6 @@ def config_to_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(config_to_yaml(config))
+    from taktstock.checkpoint.atomic import atomic_write_text
+
+    atomic_write_text(Path(path), config_to_yaml(config))  # a kill mid-write must not leave a truncated config

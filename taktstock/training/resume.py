@@ -18,6 +18,8 @@ SAFE_PREFIXES = (
     "train.callbacks",
     "logging.",
     "checkpoint.keep_last",
+    "checkpoint.every_n_steps",  # where checkpoints are taken does not change the computation
+    "checkpoint.every_epoch",
     "data.num_workers",
     "data.persistent_workers",
     "data.prefetch_factor",

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taktstock.checkpoint.atomic import atomic_write_text
 from taktstock.checkpoint.manager import CheckpointManager, load_checkpoint
 from taktstock.config.loader import config_to_dict, load_config, save_config
 from taktstock.config.schema import Config
 from taktstock.data.loaders import build_train_batches, eval_batches
 from taktstock.data.prepare import prepare
-from taktstock.errors import ConfigError, TrainingAborted
+from taktstock.errors import CheckpointError, ConfigError, TrainingAborted
 from taktstock.metrics.collection import EpochMetrics
 from taktstock.run_dir import RunDir
 from taktstock.tracking.base import TrackerGroup
@@ -24,7 +25,7 @@ from taktstock.training.distributed import DistEnv, setup_distributed, teardown_
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.resume import check_resume_compatible
 from taktstock.training.rng import seed_everything
-from taktstock.training.trainer import Preempted, Trainer, TrainerParts
+from taktstock.training.trainer import HORIZON_SCHEDULERS, Preempted, Trainer, TrainerParts
 
 
 @dataclass
@@ -91,7 +92,9 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         save_best_weights=(lambda: components.save_weights(model, run.best)) if dist.is_main else None,
     )
     trainer = Trainer(parts)
-    parts.scheduler = components.build_scheduler_for(config, optimizer, trainer.total_steps())
+    if ckpt_state is not None:
+        _freeze_schedule_horizon(trainer, ckpt_state)
+    parts.scheduler = components.build_scheduler_for(config, optimizer, trainer.schedule_total_steps)
     if ckpt_state is not None:
         trainer.load_checkpoint_state(ckpt_state)
         if trainer.state.stop_reason in ("completed", "max_steps"):
@@ -116,7 +119,13 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     finally:
         metrics_file.close()
         if dist.is_main:
-            run.update_info(status=status, ended=time.time(), steps=trainer.state.step, best=parts.monitor.best)
+            run.update_info(
+                status=status, ended=time.time(), steps=trainer.state.step, best=parts.monitor.best, nan_skips=trainer.state.nan_skips
+            )
+            if trainer.state.nan_skips:
+                print(
+                    f"warning: skipped {trainer.state.nan_skips} batch(es) with a non-finite loss (train.nan_policy=skip)", file=sys.stderr
+                )
             trackers.finish("FINISHED" if status == "completed" else "FAILED" if status in ("failed", "aborted") else "KILLED")
     return _finish(config, run, trainer, parts, dist)
 
@@ -149,12 +158,17 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
     if not run.root.is_dir():
         raise ConfigError(f"--resume: run directory not found: {run.root}")
     if dist.is_main:
-        ckpts.prepare()
+        removed = ckpts.prepare()
+        if removed:
+            print(f"removed {len(removed)} partial file(s) of an interrupted checkpoint write", file=sys.stderr)
     info = ckpts.latest_valid()
     if info is None:
         print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
         return None, None
     state = load_checkpoint(info.path)
+    missing = [k for k in ("format", "model", "optimizer", "rng", "loop", "sums", "monitor", "metrics_offset") if k not in state]
+    if missing or state["format"] != 1:
+        raise CheckpointError(f"{info.path} is not a taktstock checkpoint of a supported format (missing: {', '.join(missing) or 'none'})")
     world = state.get("world_size", 1)
     if world != dist.world_size and not force:
         raise ConfigError(
@@ -164,13 +178,28 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
     return info.path, state
 
 
+def _freeze_schedule_horizon(trainer: Trainer, ckpt_state: dict[str, Any]) -> None:
+    """Keep the LR schedule of the original run when train.epochs/max_steps change on resume."""
+    frozen = ckpt_state.get("schedule_total_steps")
+    if frozen is None:
+        return
+    now, name = trainer.total_steps(), trainer.cfg.scheduler.name
+    trainer.schedule_total_steps = frozen
+    if now != frozen and name in HORIZON_SCHEDULERS:
+        beyond = f"; the {now - frozen} step(s) beyond it keep the final learning rate" if now > frozen else ""
+        print(
+            f"note: the run now has {now} steps, the '{name}' learning-rate schedule keeps its original horizon of {frozen} steps{beyond}",
+            file=sys.stderr,
+        )
+
+
 def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], resumed: bool) -> None:
     import json
 
     run.root.mkdir(parents=True, exist_ok=True)
     run.checkpoints.mkdir(exist_ok=True)
     save_config(config, run.config)
-    run.preprocessing.write_text(json.dumps(preprocessing))
+    atomic_write_text(run.preprocessing, json.dumps(preprocessing))
     fields: dict[str, Any] = {
         "name": config.experiment.name,
         "status": "running",

@@ -18,14 +18,19 @@ class PreemptionHandler:
     def __init__(self) -> None:
         self.requested: str | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def install(self) -> None:
+        self._pid = os.getpid()
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Outside the main thread (e.g. a tuning worker thread) signal handlers cannot be installed.
             with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A forked DataLoader worker inherited this handler: the main process decides and shuts workers down.
+            return
         name = signal.Signals(signum).name
         if self.requested == "SIGINT" and signum == signal.SIGINT:
             os.write(2, b"\nsecond SIGINT: exiting immediately\n")

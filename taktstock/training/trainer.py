@@ -12,6 +12,7 @@ Exact resume rests on three rules kept here:
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ from taktstock.training.rng import capture_rng, restore_rng
 from taktstock.training.signals import PreemptionHandler
 from taktstock.training.state import LoopState, Sums
 from taktstock.training.step import StepFn, batch_size_of, normalize_step_output, to_device
+
+# Schedulers whose shape depends on the total number of steps. Their horizon is frozen at the first
+# run's value (stored in checkpoints), so extending train.epochs/max_steps on resume continues the
+# same curve; steps past the horizon keep its final learning rate.
+HORIZON_SCHEDULERS = ("cosine", "onecycle", "warmup_cosine")
 
 
 class Preempted(Exception):
@@ -88,6 +94,7 @@ class Trainer:
         self.progress = ConsoleProgress(self.cfg.logging.progress, self.total_steps(), parts.dist.is_main)
         self._t0, self._samples = time.perf_counter(), 0
         self.throughput = 0.0
+        self.schedule_total_steps = self.total_steps()  # the LR schedule's horizon; from the checkpoint on resume
 
     # -- sizes -------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -171,7 +178,7 @@ class Trainer:
         if hist and self.state.step % hist == 0 and p.dist.is_main:
             p.trackers.call("log_histograms", p.model, self.state.step)
         p.optimizer.zero_grad(set_to_none=True)
-        if p.scheduler is not None and not isinstance(p.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if p.scheduler is not None and not isinstance(p.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self._within_horizon():
             p.scheduler.step()
 
     def _after_step(self, epoch_done: bool) -> bool:
@@ -186,17 +193,29 @@ class Trainer:
             s.stop_reason = "max_steps"
             if s.last_val_step != s.step:
                 self._validate()
-        every = cfg.checkpoint.every_n_steps
-        periodic = every is not None and s.step % every == 0 and not (epoch_done and cfg.checkpoint.every_epoch)
-        if s.stop_reason is not None or periodic:
+        if epoch_done:
+            # The epoch end (validation, logs) still belongs to this step: `_end_epoch` checkpoints after it,
+            # so nothing is logged at a step after that step's checkpoint (no duplicates on resume).
+            return False
+        if s.stop_reason is not None or self._periodic_due():
             self._checkpoint()
         if s.stop_reason is not None:
             return True
         if self.preemption.requested:
-            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{s.step:08d}.pt"):
+            if not self._checkpointed_now():
                 self._checkpoint()
             raise Preempted(self.preemption.requested, self.last_checkpoint)
         return False
+
+    def _within_horizon(self) -> bool:
+        return self.cfg.scheduler.name not in HORIZON_SCHEDULERS or self.state.step <= self.schedule_total_steps
+
+    def _periodic_due(self) -> bool:
+        every = self.cfg.checkpoint.every_n_steps
+        return every is not None and self.state.step % every == 0
+
+    def _checkpointed_now(self) -> bool:
+        return self.last_checkpoint is not None and self.last_checkpoint.name == f"step-{self.state.step:08d}.pt"
 
     def _end_epoch(self) -> None:
         s = self.state
@@ -216,9 +235,9 @@ class Trainer:
             s.stop_reason = "max_steps"
         elif s.epoch >= self.cfg.train.epochs:
             s.stop_reason = "completed"
-        if self.cfg.checkpoint.every_epoch or s.stop_reason is not None:
+        if self.cfg.checkpoint.every_epoch or s.stop_reason is not None or self._periodic_due() or self.preemption.requested:
             self._checkpoint()
-        if self.preemption.requested:
+        if self.preemption.requested and s.stop_reason is None:  # a finished run just finishes
             raise Preempted(self.preemption.requested, self.last_checkpoint)
 
     # -- validation, logging, checkpoints ------------------------------------------------------
@@ -249,9 +268,10 @@ class Trainer:
         if isinstance(p.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             p.scheduler.step(value)
         if p.monitor.update(value, s.step) and p.dist.is_main and self.cfg.checkpoint.save_best:
-            if p.save_best_weights is not None:
-                p.save_best_weights()
-            p.checkpoints.save_best(self.checkpoint_state(), s.step)
+            with self._write_guard("the best checkpoint"):
+                if p.save_best_weights is not None:
+                    p.save_best_weights()
+                p.checkpoints.save_best(self.checkpoint_state(), s.step)
         return self.cfg.early_stopping.enabled and p.monitor.should_stop
 
     def _log_interval(self) -> None:
@@ -259,6 +279,8 @@ class Trainer:
         record = self.interval.means("train", "_step", self.classification)
         self.interval.reset()
         record["lr"] = self.p.optimizer.param_groups[0]["lr"]
+        if self.cfg.train.nan_policy == "skip":
+            record["train/nan_skips"] = self.state.nan_skips
         elapsed = time.perf_counter() - self._t0
         self.throughput = self._samples / elapsed if elapsed > 0 else 0.0
         self._t0, self._samples = time.perf_counter(), 0
@@ -269,7 +291,8 @@ class Trainer:
         if not metrics or not self.p.dist.is_main:
             return
         record = {"step": self.state.step, "epoch": self.state.epoch} | metrics
-        self.p.metrics_file.write(record)  # first: the local log stays complete whatever trackers do
+        with self._write_guard("metrics.jsonl"):
+            self.p.metrics_file.write(record)  # first: the local log stays complete whatever trackers do
         self.p.trackers.log_metrics(metrics, self.state.step)
 
     def _check_finite(self) -> None:
@@ -285,13 +308,20 @@ class Trainer:
         self._check_finite()
         if not self.p.dist.is_main:
             return
-        try:
+        with self._write_guard(f"checkpoint at step {self.state.step}"):
             self.last_checkpoint = self.p.checkpoints.save(self.checkpoint_state(), self.state.step)
+
+    @contextlib.contextmanager
+    def _write_guard(self, what: str) -> Any:
+        """A failed write (disk full, I/O error) stops the run; the previous checkpoint stays usable."""
+        try:
+            yield
         except OSError as exc:
             kept = self.p.checkpoints.latest_valid()
+            where = f"the previous checkpoint is intact: {kept.path}" if kept else "no earlier checkpoint exists"
             raise TrainingAborted(
-                f"could not write checkpoint at step {self.state.step} ({exc.strerror or exc}); "
-                f"the previous checkpoint is intact: {kept.path if kept else 'none'}"
+                f"could not write {what} ({exc.strerror or exc}); {where}. "
+                f"Free space or fix the file system, then resume with: taktstock train --resume {self.p.checkpoints.dir.parent}"
             ) from None
 
     def _reached_max_steps(self) -> bool:
@@ -320,6 +350,10 @@ class Trainer:
             "trackers": p.trackers.state(),
             "metrics_offset": p.metrics_file.offset() if p.dist.is_main else 0,
             "world_size": p.dist.world_size,
+            "schedule_total_steps": self.schedule_total_steps,
+            # User callbacks with state take part like any other component (plain data only).
+            "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in p.callbacks],
+            "num_threads": torch.get_num_threads(),
         } | p.extra_state()
 
     def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
@@ -334,4 +368,14 @@ class Trainer:
         self.interval.load_state_dict(ckpt["sums"]["interval"])
         self.epoch_sums.load_state_dict(ckpt["sums"]["epoch"])
         p.monitor.load_state_dict(ckpt["monitor"])
+        for cb, state in zip(p.callbacks, ckpt.get("callbacks") or [], strict=False):
+            if state is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(state)
         restore_rng(ckpt["rng"])
+        threads = ckpt.get("num_threads")
+        if threads is not None and threads != torch.get_num_threads():
+            print(
+                f"warning: the checkpoint was written with {threads} intra-op threads, this process uses "
+                f"{torch.get_num_threads()}; CPU results can differ in the last bits (set OMP_NUM_THREADS={threads} for an exact resume)",
+                file=sys.stderr,
+            )
