@@ -1,16 +1,23 @@
-"""Process-group environment (torchrun / SLURM variables) for multi-process training."""
+"""Multi-process training: the process group (from torchrun/SLURM variables), model wrapping, and the
+few collectives the loop needs so that every rank takes the same decisions.
+
+Every collective helper is a no-op in a single process, so the loop calls them unconditionally.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from taktstock.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from taktstock.config.schema import Config
+    from taktstock.training.state import Sums
 
 
 @dataclass(frozen=True)
@@ -36,25 +43,127 @@ class DistEnv:
             return cls(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
         return cls()
 
+    # -- collectives (no-ops in one process) ---------------------------------------------------
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when `flag` is true on at least one."""
+        if not self.enabled:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(int(flag), device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def all_ranks(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank only when `flag` is true on all of them."""
+        return not self.any_rank(not flag, device)
+
+    def first_step(self, step: torch.Tensor) -> torch.Tensor:
+        """The smallest non-negative value over ranks (-1 where every rank has -1)."""
+        if not self.enabled:
+            return step
+        import torch
+        import torch.distributed as dist
+
+        big = torch.iinfo(torch.int64).max
+        t = torch.where(step < 0, torch.full_like(step, big), step)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return torch.where(t == big, torch.full_like(t, -1), t)
+
+    def sum_sums(self, sums: Sums) -> Sums:
+        """Running loss/correct/count sums added over ranks (a copy; the local sums are untouched)."""
+        if not self.enabled:
+            return sums
+        import torch.distributed as dist
+
+        from taktstock.training.state import Sums
+
+        total = Sums(sums.loss.clone(), sums.correct.clone(), sums.count.clone())
+        for t in (total.loss, total.correct, total.count):
+            dist.all_reduce(t)
+        return total
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        """[obj of rank 0, obj of rank 1, ...] on every rank."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def resolve_backend(config: Config) -> str:
+    backend = config.distributed.backend
+    if backend != "auto":
+        return backend
+    import torch
+
+    return "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
+
+
+def check_world_size(config: Config, world_size: int) -> None:
+    """train.batch_size is the global batch: it must split evenly into non-empty per-process batches."""
+    if world_size <= 1:
+        return
+    b = config.train.batch_size
+    if b < world_size:
+        raise ConfigError(f"train.batch_size={b} is smaller than the number of processes ({world_size}): the per-process batch would be 0")
+    if b % world_size:
+        raise ConfigError(
+            f"train.batch_size={b} (the global batch) is not divisible by the number of processes ({world_size}); "
+            f"use a multiple of {world_size}, e.g. {b - b % world_size or world_size}"
+        )
+    if config.train.device.startswith("cuda:"):
+        raise ConfigError(
+            f"train.device={config.train.device} pins every process to one GPU; use train.device=cuda (or auto) in multi-process runs"
+        )
+
 
 def setup_distributed(config: Config) -> DistEnv:
     """Join the process group when launched by torchrun/SLURM; a no-op for a single process."""
     env = DistEnv.from_environ()
     if not env.enabled:
         return env
+    check_world_size(config, env.world_size)
     import datetime
 
     import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = config.distributed.backend
-        if backend == "auto":
-            backend = "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
+        backend = resolve_backend(config)
+        device_id = None
         if backend == "nccl":
-            torch.cuda.set_device(env.local_rank)
+            if not torch.cuda.is_available():
+                raise ConfigError("distributed.backend=nccl needs CUDA GPUs; use gloo (or auto) on CPU")
+            if env.local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"process with local rank {env.local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
+                    "start at most one process per GPU"
+                )
+            device_id = torch.device("cuda", env.local_rank)
+            torch.cuda.set_device(device_id)
+        # SLURM exports MASTER_ADDR through the user's batch script; the port may be left to us.
+        os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group(
-            backend, rank=env.rank, world_size=env.world_size, timeout=datetime.timedelta(seconds=config.distributed.timeout_s)
+            backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=config.distributed.timeout_s),
+            device_id=device_id,
         )
     return env
 
@@ -71,8 +180,11 @@ def wrap_model(model: nn.Module, config: Config, device: torch.device, env: Dist
     """DistributedDataParallel in multi-process runs; the plain model otherwise."""
     if not env.enabled:
         return model
+    from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
+    if config.distributed.strategy == "fsdp":
+        raise ConfigError("distributed.strategy=fsdp is not supported yet; use ddp")
     if config.distributed.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -52,6 +52,8 @@ def train(
         run = RunDir(Path(run_dir)) if run_dir else RunDir.new(config.experiment.output_dir, config.experiment.name)
     dist = setup_distributed(config)
     try:
+        # Under torchrun every rank must use rank 0's run directory (names carry a timestamp).
+        run = RunDir(Path(dist.broadcast_object(str(run.root))))
         return _train(config, run, dist, resuming=resume is not None, force=force)
     finally:
         teardown_distributed(dist)
@@ -150,9 +152,11 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
         raise ConfigError(f"--resume: run directory not found: {run.root}")
     if dist.is_main:
         ckpts.prepare()
-    info = ckpts.latest_valid()
+    # Rank 0 picks the checkpoint for everyone: ranks must not disagree while a scan races a write.
+    info = dist.broadcast_object(ckpts.latest_valid() if dist.is_main else None)
     if info is None:
-        print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
+        if dist.is_main:
+            print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
         return None, None
     state = load_checkpoint(info.path)
     world = state.get("world_size", 1)

@@ -109,11 +109,12 @@ class Trainer:
             while s.stop_reason is None and s.epoch < self.cfg.train.epochs and not self._reached_max_steps():
                 self.p.forward_model.train()
                 for batch in self.p.train_batches.epoch(s.epoch, s.batch_in_epoch):
+                    weight = self._loss_weight(s.batch_in_epoch, batch)
                     cycle_start = (s.batch_in_epoch // accum) * accum
                     cycle_len = min(accum, n_batches - cycle_start)
                     s.batch_in_epoch += 1
                     boundary = s.batch_in_epoch == cycle_start + cycle_len
-                    self._forward_backward(batch, cycle_len, sync_grads=boundary)
+                    self._forward_backward(batch, cycle_len, sync_grads=boundary, weight=weight)
                     if boundary:
                         self._optimizer_step()
                         if self._after_step(epoch_done=s.batch_in_epoch == n_batches):
@@ -131,7 +132,15 @@ class Trainer:
         self._callback("on_train_end")
         return s
 
-    def _forward_backward(self, batch: Batch, cycle_len: int, sync_grads: bool) -> None:
+    def _loss_weight(self, index: int, batch: Batch) -> float:
+        """local_n * W / global_n: DDP averages per-rank mean losses, which equals the global mean only
+        when every rank holds the same number of samples; the last, unevenly split batch is reweighted."""
+        d = self.p.dist
+        if not d.enabled:
+            return 1.0
+        return batch_size_of(batch) * d.world_size / self.p.train_batches.sampler.global_batch_len(index)
+
+    def _forward_backward(self, batch: Batch, cycle_len: int, sync_grads: bool, weight: float = 1.0) -> None:
         p = self.p
         batch = to_device(batch, p.device, self.cfg.train.channels_last)
         # In DDP only the last micro-step of an accumulation cycle needs the gradient all-reduce.
@@ -140,10 +149,11 @@ class Trainer:
         with ctx:
             with p.autocast():
                 loss, out, target = normalize_step_output(p.step_fn(p.forward_model, batch, p.loss_fn), batch)
-            if self.cfg.train.nan_policy == "skip" and not bool(torch.isfinite(loss)):
+            # All ranks skip together: a rank leaving out its backward would stall DDP's all-reduce.
+            if self.cfg.train.nan_policy == "skip" and not p.dist.all_ranks(bool(torch.isfinite(loss)), p.device):
                 self.state.nan_skips += 1
                 return
-            scaled = loss / cycle_len
+            scaled = (loss * weight if weight != 1.0 else loss) / cycle_len
             (p.scaler.scale(scaled) if p.scaler else scaled).backward()
         n = batch_size_of(batch)
         correct = None
@@ -192,7 +202,7 @@ class Trainer:
             self._checkpoint()
         if s.stop_reason is not None:
             return True
-        if self.preemption.requested:
+        if self._preemption_requested():
             if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{s.step:08d}.pt"):
                 self._checkpoint()
             raise Preempted(self.preemption.requested, self.last_checkpoint)
@@ -200,7 +210,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         s = self.state
-        record = self.epoch_sums.means("train", "", self.classification)
+        record = self.p.dist.sum_sums(self.epoch_sums).means("train", "", self.classification)
         self.epoch_sums.reset()
         stop = False
         if s.last_val_step != s.step:
@@ -218,7 +228,7 @@ class Trainer:
             s.stop_reason = "completed"
         if self.cfg.checkpoint.every_epoch or s.stop_reason is not None:
             self._checkpoint()
-        if self.preemption.requested:
+        if self._preemption_requested():
             raise Preempted(self.preemption.requested, self.last_checkpoint)
 
     # -- validation, logging, checkpoints ------------------------------------------------------
@@ -256,7 +266,7 @@ class Trainer:
 
     def _log_interval(self) -> None:
         self._check_finite()
-        record = self.interval.means("train", "_step", self.classification)
+        record = self.p.dist.sum_sums(self.interval).means("train", "_step", self.classification)
         self.interval.reset()
         record["lr"] = self.p.optimizer.param_groups[0]["lr"]
         elapsed = time.perf_counter() - self._t0
@@ -273,7 +283,7 @@ class Trainer:
         self.p.trackers.log_metrics(metrics, self.state.step)
 
     def _check_finite(self) -> None:
-        bad = int(self.first_bad_step)
+        bad = int(self.p.dist.first_step(self.first_bad_step))
         if bad >= 0:
             where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
             raise TrainingAborted(
@@ -283,16 +293,31 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self._check_finite()
-        if not self.p.dist.is_main:
-            return
-        try:
-            self.last_checkpoint = self.p.checkpoints.save(self.checkpoint_state(), self.state.step)
-        except OSError as exc:
-            kept = self.p.checkpoints.latest_valid()
-            raise TrainingAborted(
-                f"could not write checkpoint at step {self.state.step} ({exc.strerror or exc}); "
-                f"the previous checkpoint is intact: {kept.path if kept else 'none'}"
-            ) from None
+        p = self.p
+        # Every rank's generators (dropout differs per rank), so a resumed W-process run is exact.
+        rng_ranks = p.dist.gather_object(capture_rng()) if p.dist.enabled else None
+        error = None
+        if p.dist.is_main:
+            try:
+                self.last_checkpoint = p.checkpoints.save(self.checkpoint_state(rng_ranks), self.state.step)
+            except OSError as exc:
+                kept = p.checkpoints.latest_valid()
+                error = (
+                    f"could not write checkpoint at step {self.state.step} ({exc.strerror or exc}); "
+                    f"the previous checkpoint is intact: {kept.path if kept else 'none'}"
+                )
+        # Also the barrier after a save: no rank runs ahead of a checkpoint that may yet fail.
+        if not p.dist.all_ranks(error is None, p.device):
+            raise TrainingAborted(error or f"rank 0 could not write the checkpoint at step {self.state.step}")
+        if not p.dist.is_main:
+            self.last_checkpoint = p.checkpoints.dir / f"step-{self.state.step:08d}.pt"
+
+    def _preemption_requested(self) -> bool:
+        """SIGTERM/SIGINT may reach ranks at different steps; all ranks stop at the same boundary."""
+        p = self.p
+        if p.dist.any_rank(self.preemption.requested is not None, p.device):
+            self.preemption.requested = self.preemption.requested or "SIGTERM"
+        return self.preemption.requested is not None
 
     def _reached_max_steps(self) -> bool:
         return self.cfg.train.max_steps is not None and self.state.step >= self.cfg.train.max_steps
@@ -304,7 +329,7 @@ class Trainer:
                 fn(self, **kwargs)
 
     # -- checkpoint state ----------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
         """Everything the continuation depends on, as tensors and plain data only."""
         p = self.p
         return {
@@ -320,6 +345,7 @@ class Trainer:
             "trackers": p.trackers.state(),
             "metrics_offset": p.metrics_file.offset() if p.dist.is_main else 0,
             "world_size": p.dist.world_size,
+            "rng_ranks": rng_ranks,
         } | p.extra_state()
 
     def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
@@ -334,4 +360,5 @@ class Trainer:
         self.interval.load_state_dict(ckpt["sums"]["interval"])
         self.epoch_sums.load_state_dict(ckpt["sums"]["epoch"])
         p.monitor.load_state_dict(ckpt["monitor"])
-        restore_rng(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        restore_rng(ranks[p.dist.rank] if ranks and len(ranks) == p.dist.world_size else ckpt["rng"])
