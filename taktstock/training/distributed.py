@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from taktstock.errors import ConfigError
 
 if TYPE_CHECKING:
+    import datetime
+
     import torch
     from torch import nn
 
@@ -158,14 +160,31 @@ def setup_distributed(config: Config) -> DistEnv:
             torch.cuda.set_device(device_id)
         # SLURM exports MASTER_ADDR through the user's batch script; the port may be left to us.
         os.environ.setdefault("MASTER_PORT", "29500")
+        timeout = datetime.timedelta(seconds=config.distributed.timeout_s)
         dist.init_process_group(
-            backend,
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=datetime.timedelta(seconds=config.distributed.timeout_s),
-            device_id=device_id,
+            backend, store=_store(env, timeout), rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device_id
         )
     return env
+
+
+def _store(env: DistEnv, timeout: datetime.timedelta) -> Any:
+    """The rendezvous store, with a per-restart key prefix under torchrun.
+
+    After an elastic restart torchrun's agent store still holds the previous worker group's
+    addresses; without a fresh prefix a new rank can read a dead peer's address and the group
+    fails to connect (torch's env:// handler assumes a new store per restart, which the c10d
+    rendezvous does not give). Outside torchrun (SLURM, manual env): a plain TCP store.
+    """
+    import torch.distributed as dist
+
+    if "MASTER_ADDR" not in os.environ:
+        raise ConfigError("WORLD_SIZE/RANK are set but MASTER_ADDR is not: start multi-process runs with torchrun or set MASTER_ADDR")
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return dist.TCPStore(addr, port, env.world_size, is_master=env.rank == 0, timeout=timeout)
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(addr, port, env.world_size, is_master=not agent_hosts and env.rank == 0, timeout=timeout, multi_tenant=True)
+    return dist.PrefixStore(f"taktstock/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown_distributed(env: DistEnv) -> None:

@@ -148,9 +148,16 @@ def launch(
         worker.append("--force")
     # Workers inherit these: the launcher reports for the group; CPU threads are shared out (torchrun's default is 1).
     os.environ["TAKTSTOCK_LAUNCHED"] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.nproc_per_node)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus() // opts.nproc_per_node)))
     _run_torchrun(torchrun_argv(opts, worker))
     return target
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _run_torchrun(argv: list[str]) -> None:

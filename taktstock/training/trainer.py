@@ -294,12 +294,12 @@ class Trainer:
     def _checkpoint(self) -> None:
         self._check_finite()
         p = self.p
-        # Every rank's generators (dropout differs per rank), so a resumed W-process run is exact.
-        rng_ranks = p.dist.gather_object(capture_rng()) if p.dist.enabled else None
+        # Every rank's generators (dropout differs per rank) and running sums, for an exact W-process resume.
+        ranks = p.dist.gather_object(self._rank_state()) if p.dist.enabled else None
         error = None
         if p.dist.is_main:
             try:
-                self.last_checkpoint = p.checkpoints.save(self.checkpoint_state(rng_ranks), self.state.step)
+                self.last_checkpoint = p.checkpoints.save(self.checkpoint_state(ranks), self.state.step)
             except OSError as exc:
                 kept = p.checkpoints.latest_valid()
                 error = (
@@ -329,7 +329,10 @@ class Trainer:
                 fn(self, **kwargs)
 
     # -- checkpoint state ----------------------------------------------------------------------
-    def checkpoint_state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        return {"rng": capture_rng(), "sums": {"interval": self.interval.state_dict(), "epoch": self.epoch_sums.state_dict()}}
+
+    def checkpoint_state(self, ranks: list[Any] | None = None) -> dict[str, Any]:
         """Everything the continuation depends on, as tensors and plain data only."""
         p = self.p
         return {
@@ -345,7 +348,7 @@ class Trainer:
             "trackers": p.trackers.state(),
             "metrics_offset": p.metrics_file.offset() if p.dist.is_main else 0,
             "world_size": p.dist.world_size,
-            "rng_ranks": rng_ranks,
+            "ranks": ranks,  # per-rank state of multi-process runs, in rank order
         } | p.extra_state()
 
     def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
@@ -357,8 +360,14 @@ class Trainer:
         if p.scaler is not None and ckpt.get("scaler") is not None:
             p.scaler.load_state_dict(ckpt["scaler"])
         self.state.load_state_dict(ckpt["loop"])
-        self.interval.load_state_dict(ckpt["sums"]["interval"])
-        self.epoch_sums.load_state_dict(ckpt["sums"]["epoch"])
+        ranks = ckpt.get("ranks") or [{"rng": ckpt["rng"], "sums": ckpt["sums"]}]
+        if len(ranks) == p.dist.world_size:
+            mine = ranks[p.dist.rank]
+        else:  # a forced resume with another world size: rank 0 carries the sums of all former ranks
+            total = {k: {f: sum(r["sums"][k][f] for r in ranks) for f in ("loss", "correct", "count")} for k in ("interval", "epoch")}
+            empty = {k: Sums().state_dict() for k in ("interval", "epoch")}
+            mine = {"rng": ckpt["rng"], "sums": total if p.dist.is_main else empty}
+        self.interval.load_state_dict(mine["sums"]["interval"])
+        self.epoch_sums.load_state_dict(mine["sums"]["epoch"])
         p.monitor.load_state_dict(ckpt["monitor"])
-        ranks = ckpt.get("rng_ranks")
-        restore_rng(ranks[p.dist.rank] if ranks and len(ranks) == p.dist.world_size else ckpt["rng"])
+        restore_rng(mine["rng"])
