@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +197,9 @@ def test_resume_with_another_world_size_is_refused_unless_forced(runs: dict[str,
         proc = run_cli("train", "--resume", str(run), "train.epochs=3", *extra, cwd=runs["root"], env=env)
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert "written by 2 process(es), this run has 1" in proc.stderr and "--force" in proc.stderr
-    proc = run_cli("train", "--resume", str(run), "train.epochs=3", "--force", cwd=runs["root"], env=env)
+    proc = run_cli("train", "--resume", str(run), "train.epochs=3", "train.max_steps=42", "--force", cwd=runs["root"], env=env)
     _check(proc)
-    assert json.loads((run / "run.json").read_text())["steps"] == 60
+    assert json.loads((run / "run.json").read_text())["steps"] == 42
 
 
 @pytest.mark.parametrize("n", [1257, 41, 128])
@@ -224,3 +226,27 @@ def test_eval_shards_cover_the_split_exactly_once() -> None:
     x, y = np.arange(23, dtype=np.float32).reshape(23, 1), np.arange(23)
     seen = [int(t) for rank in range(3) for _, yb in eval_batches(x, y, 4, rank, 3) for t in yb]
     assert seen == list(range(23))
+
+
+def test_sigterm_to_the_launcher_stops_all_ranks_at_one_checkpoint(runs: dict[str, Path]) -> None:
+    root = runs["root"]
+    run = root / "preempted"
+    config = write_config(root / "long.yaml", _config(epochs=200))
+    cmd = [sys.executable, "-m", "taktstock", "train", str(config), "--nproc-per-node", "2", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=root, env=_env(runs["helpers"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run / "checkpoints").glob("step-*.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)  # a rank that hung would run into this timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-4000:]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "preempted"
+    assert f"saved {run}/checkpoints/step-{info['steps']:08d}.pt" in err and "--nproc-per-node 2" in err
+    assert "Traceback" not in err

@@ -110,7 +110,9 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     except Preempted as exc:
         status = "preempted"
         where = exc.checkpoint or "no checkpoint"
-        print(f"{exc.signal_name}: saved {where}; resume with: taktstock train --resume {run.root}", file=sys.stderr)
+        if dist.is_main:
+            procs = f" --nproc-per-node {dist.world_size}" if dist.enabled else ""  # multi-node: the same layout as before
+            print(f"{exc.signal_name}: saved {where}; resume with: taktstock train --resume {run.root}{procs}", file=sys.stderr)
         raise
     except TrainingAborted:
         status = "aborted"

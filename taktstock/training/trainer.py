@@ -315,9 +315,11 @@ class Trainer:
     def _preemption_requested(self) -> bool:
         """SIGTERM/SIGINT may reach ranks at different steps; all ranks stop at the same boundary."""
         p = self.p
-        if p.dist.any_rank(self.preemption.requested is not None, p.device):
-            self.preemption.requested = self.preemption.requested or "SIGTERM"
-        return self.preemption.requested is not None
+        # Decide on the reduced value only: a signal landing after the all-reduce waits for the next step.
+        if not p.dist.any_rank(self.preemption.requested is not None, p.device):
+            return False
+        self.preemption.requested = self.preemption.requested or "SIGTERM"
+        return True
 
     def _reached_max_steps(self) -> bool:
         return self.cfg.train.max_steps is not None and self.state.step >= self.cfg.train.max_steps
