@@ -196,14 +196,69 @@ def teardown_distributed(env: DistEnv) -> None:
 
 
 def wrap_model(model: nn.Module, config: Config, device: torch.device, env: DistEnv) -> nn.Module:
-    """DistributedDataParallel in multi-process runs; the plain model otherwise."""
+    """DistributedDataParallel (or FSDP2 with distributed.strategy=fsdp) in multi-process runs; the plain model otherwise."""
     if not env.enabled:
         return model
     from torch import nn
-    from torch.nn.parallel import DistributedDataParallel
 
-    if config.distributed.strategy == "fsdp":
-        raise ConfigError("distributed.strategy=fsdp is not supported yet; use ddp")
     if config.distributed.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.distributed.strategy == "fsdp":
+        return _fully_shard(model, device, env)
+    from torch.nn.parallel import DistributedDataParallel
+
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _fully_shard(model: nn.Module, device: torch.device, env: DistEnv) -> nn.Module:
+    """FSDP2 in place: every submodule that owns parameters is one unit, then the root.
+
+    The module stays the same object (its class becomes an FSDPModule), so `model` and the
+    forward model are one; its parameters become DTensors sharded over the ranks.
+    """
+    import contextlib
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (env.world_size,))
+    units = [m for m in model.modules() if m is not model and any(True for _ in m.parameters(recurse=False))]
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+    @contextlib.contextmanager
+    def no_sync() -> Any:
+        # FSDP2's counterpart of DDP.no_sync: accumulate unsharded gradients, reduce on the last micro-step.
+        model.set_requires_gradient_sync(False)  # type: ignore[operator]
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)  # type: ignore[operator]
+
+    model.no_sync = no_sync  # the trainer calls forward_model.no_sync() like DDP's
+    return model
+
+
+def is_sharded(config: Config, env: DistEnv) -> bool:
+    return env.enabled and config.distributed.strategy == "fsdp"
+
+
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """FSDP model and optimizer state as full CPU tensors (a collective: every rank calls it, rank 0 gets the
+    tensors, the others empty dicts), in the layout of the unsharded model's state dicts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict[str, Any], optim_state: dict[str, Any]
+) -> None:
+    """Full (unsharded) state dicts, loaded on every rank, into an FSDP model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=options)

@@ -90,7 +90,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         step_fn=components.step_fn_for(config),
         dist=dist,
         callbacks=components.callbacks_for(config),
-        save_best_weights=(lambda: components.save_weights(model, run.best)) if dist.is_main else None,
+        save_best_weights=(lambda state=None: components.save_weights(model, run.best, state)) if dist.is_main else None,
     )
     trainer = Trainer(parts)
     parts.scheduler = components.build_scheduler_for(config, optimizer, trainer.total_steps())
@@ -129,10 +129,11 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
     """Final weights, plots and the summary; only rank 0 writes."""
     records = read_metrics(run.metrics) if dist.is_main and run.metrics.exists() else []
     final = {k: v for r in records if "step" in r for k, v in r.items() if k.startswith("val/")}
+    dicts = trainer.full_state_dicts()  # FSDP: every rank takes part in gathering the weights
     if dist.is_main:
-        components.save_weights(parts.model, run.model)
+        components.save_weights(parts.model, run.model, dicts[0] if dicts else None)
         if not run.best.exists():
-            components.save_weights(parts.model, run.best)
+            components.save_weights(parts.model, run.best, dicts[0] if dicts else None)
         if config.logging.plots and records:
             from taktstock.tracking.plots import learning_curves
 

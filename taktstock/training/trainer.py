@@ -30,7 +30,7 @@ from taktstock.metrics.collection import EpochMetrics, class_scores
 from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.console import ConsoleProgress
 from taktstock.tracking.jsonl import MetricsFile
-from taktstock.training.distributed import DistEnv
+from taktstock.training.distributed import DistEnv, full_state_dicts, is_sharded, load_full_state_dicts
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.rng import capture_rng, restore_rng
 from taktstock.training.signals import PreemptionHandler
@@ -69,7 +69,7 @@ class TrainerParts:
     step_fn: StepFn
     dist: DistEnv = field(default_factory=DistEnv)
     callbacks: list[Any] = field(default_factory=list)
-    save_best_weights: Callable[[], None] | None = None
+    save_best_weights: Callable[[dict[str, Any] | None], None] | None = None  # gets gathered FSDP weights, else None
     extra_state: Callable[[], dict[str, Any]] = dict
 
 
@@ -258,10 +258,12 @@ class Trainer:
             return False
         if isinstance(p.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             p.scheduler.step(value)
-        if p.monitor.update(value, s.step) and p.dist.is_main and self.cfg.checkpoint.save_best:
-            if p.save_best_weights is not None:
-                p.save_best_weights()
-            p.checkpoints.save_best(self.checkpoint_state(), s.step)
+        if p.monitor.update(value, s.step) and self.cfg.checkpoint.save_best:
+            dicts = self.full_state_dicts()  # FSDP: gathered by every rank
+            if p.dist.is_main:
+                if p.save_best_weights is not None:
+                    p.save_best_weights(dicts[0] if dicts else None)
+                p.checkpoints.save_best(self.checkpoint_state(dicts=dicts), s.step)
         return self.cfg.early_stopping.enabled and p.monitor.should_stop
 
     def _log_interval(self) -> None:
@@ -296,10 +298,11 @@ class Trainer:
         p = self.p
         # Every rank's generators (dropout differs per rank) and running sums, for an exact W-process resume.
         ranks = p.dist.gather_object(self._rank_state()) if p.dist.enabled else None
+        dicts = self.full_state_dicts()
         error = None
         if p.dist.is_main:
             try:
-                self.last_checkpoint = p.checkpoints.save(self.checkpoint_state(ranks), self.state.step)
+                self.last_checkpoint = p.checkpoints.save(self.checkpoint_state(ranks, dicts), self.state.step)
             except OSError as exc:
                 kept = p.checkpoints.latest_valid()
                 error = (
@@ -334,13 +337,22 @@ class Trainer:
     def _rank_state(self) -> dict[str, Any]:
         return {"rng": capture_rng(), "sums": {"interval": self.interval.state_dict(), "epoch": self.epoch_sums.state_dict()}}
 
-    def checkpoint_state(self, ranks: list[Any] | None = None) -> dict[str, Any]:
+    def full_state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(model, optimizer) state gathered from FSDP shards (a collective); None when not sharded."""
+        if not is_sharded(self.cfg, self.p.dist):
+            return None
+        return full_state_dicts(self.p.model, self.p.optimizer)
+
+    def checkpoint_state(
+        self, ranks: list[Any] | None = None, dicts: tuple[dict[str, Any], dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """Everything the continuation depends on, as tensors and plain data only."""
         p = self.p
+        model_state, optim_state = dicts or (p.model.state_dict(), p.optimizer.state_dict())
         return {
             "format": 1,
-            "model": p.model.state_dict(),
-            "optimizer": p.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
             "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
             "scaler": p.scaler.state_dict() if p.scaler is not None else None,
             "rng": capture_rng(),
@@ -355,8 +367,11 @@ class Trainer:
 
     def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
         p = self.p
-        p.model.load_state_dict(ckpt["model"])
-        p.optimizer.load_state_dict(ckpt["optimizer"])
+        if is_sharded(self.cfg, p.dist):
+            load_full_state_dicts(p.model, p.optimizer, ckpt["model"], ckpt["optimizer"])
+        else:
+            p.model.load_state_dict(ckpt["model"])
+            p.optimizer.load_state_dict(ckpt["optimizer"])
         if p.scheduler is not None and ckpt.get("scheduler") is not None:
             p.scheduler.load_state_dict(ckpt["scheduler"])
         if p.scaler is not None and ckpt.get("scaler") is not None:
