@@ -250,3 +250,26 @@ def test_sigterm_to_the_launcher_stops_all_ranks_at_one_checkpoint(runs: dict[st
     assert info["status"] == "preempted"
     assert f"saved {run}/checkpoints/step-{info['steps']:08d}.pt" in err and "--nproc-per-node 2" in err
     assert "Traceback" not in err
+
+
+def test_fsdp_run_survives_a_killed_worker_and_matches_single_process(runs: dict[str, Path]) -> None:
+    """FSDP2 on CPU/gloo: sharded training, full-tensor checkpoints, sharded reload after an elastic restart."""
+    root = runs["root"]
+    cfg = _config(callbacks=["dist_helpers:KillRank1AtStep12"]) | {"distributed": {"strategy": "fsdp"}}
+    run = root / "fsdp"
+    proc = run_cli(
+        "train", str(write_config(root / "fsdp.yaml", cfg)), "--nproc-per-node", "2", "--max-restarts", "1", "--run-dir", str(run),
+        cwd=root, env=_env(runs["helpers"]),
+    )  # fmt: skip
+    _check(proc)
+    assert "from step-00000010.pt" in proc.stderr
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    single = _weights(runs["single"] / "model.safetensors")
+    # Checkpoints and weight files hold full, unsharded tensors under the plain model's names.
+    assert {k: v.shape for k, v in ckpt["model"].items()} == {k: v.shape for k, v in single.items()}
+    assert _max_diff(_weights(run / "model.safetensors"), single) <= 1e-5
+    val_fsdp = [r for r in _records(run) if "val/loss" in r]
+    val_single = [r for r in _records(runs["single"]) if "val/loss" in r]
+    assert len(val_fsdp) == len(val_single) == 2
+    for a, b in zip(val_single, val_fsdp, strict=True):
+        assert all(abs(a[k] - b[k]) <= 1e-6 for k in a if k.startswith("val/"))

@@ -107,6 +107,9 @@ class DistEnv:
         return box[0]
 
 
+SYNC_BN_NEEDS_CUDA = "distributed.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm is GPU-only); set it to false on CPU"
+
+
 def resolve_backend(config: Config) -> str:
     backend = config.distributed.backend
     if backend != "auto":
@@ -202,6 +205,8 @@ def wrap_model(model: nn.Module, config: Config, device: torch.device, env: Dist
     from torch import nn
 
     if config.distributed.sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError(SYNC_BN_NEEDS_CUDA)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if config.distributed.strategy == "fsdp":
         return _fully_shard(model, device, env)

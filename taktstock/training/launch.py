@@ -13,8 +13,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taktstock.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from taktstock.config.schema import Config
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,17 @@ def torchrun_argv(opts: LaunchOptions, worker_args: list[str]) -> list[str]:
     return [*argv, "-m", "taktstock", *worker_args]
 
 
-def check_devices(config: object, nproc_per_node: int) -> None:
-    """More CUDA processes than GPUs is an error before anything starts."""
+def check_devices(config: Config, nproc_per_node: int) -> None:
+    """More CUDA processes than GPUs (or SyncBatchNorm on CPU) is an error before anything starts."""
     import torch
 
-    device = config.train.device  # type: ignore[attr-defined]
+    from taktstock.training.distributed import SYNC_BN_NEEDS_CUDA
+
+    device = config.train.device
     wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not wants_cuda:
+        if config.distributed.sync_batchnorm:
+            raise ConfigError(SYNC_BN_NEEDS_CUDA)
         return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if nproc_per_node > count:
