@@ -46,18 +46,20 @@ class DistEnv:
         return cls()
 
     # -- collectives (no-ops in one process) ---------------------------------------------------
-    def any_rank(self, flag: bool, device: torch.device) -> bool:
+    # Host-side flags and objects go over a CPU (gloo) group: with NCCL they would otherwise cost a
+    # device synchronisation per step.
+    def any_rank(self, flag: bool, device: torch.device | None = None) -> bool:
         """True on every rank when `flag` is true on at least one."""
         if not self.enabled:
             return flag
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor(int(flag), device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor(int(flag))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
         return bool(t.item())
 
-    def all_ranks(self, flag: bool, device: torch.device) -> bool:
+    def all_ranks(self, flag: bool, device: torch.device | None = None) -> bool:
         """True on every rank only when `flag` is true on all of them."""
         return not self.any_rank(not flag, device)
 
@@ -93,7 +95,7 @@ class DistEnv:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=_control_group())
         return out
 
     def broadcast_object(self, obj: Any) -> Any:
@@ -103,7 +105,7 @@ class DistEnv:
         import torch.distributed as dist
 
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_control_group())
         return box[0]
 
 
@@ -167,7 +169,16 @@ def setup_distributed(config: Config) -> DistEnv:
         dist.init_process_group(
             backend, store=_store(env, timeout), rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device_id
         )
+    global _CONTROL
+    _CONTROL = dist.new_group(backend="gloo", timeout=timeout) if dist.get_backend() != "gloo" else None
     return env
+
+
+_CONTROL: Any = None  # the CPU group for flags and objects when the main backend is not gloo
+
+
+def _control_group() -> Any:
+    return _CONTROL
 
 
 def _store(env: DistEnv, timeout: datetime.timedelta) -> Any:
@@ -194,6 +205,8 @@ def teardown_distributed(env: DistEnv) -> None:
     if env.enabled:
         import torch.distributed as dist
 
+        global _CONTROL
+        _CONTROL = None
         if dist.is_initialized():
             dist.destroy_process_group()
 
