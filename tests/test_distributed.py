@@ -273,3 +273,33 @@ def test_fsdp_run_survives_a_killed_worker_and_matches_single_process(runs: dict
     assert len(val_fsdp) == len(val_single) == 2
     for a, b in zip(val_single, val_fsdp, strict=True):
         assert all(abs(a[k] - b[k]) <= 1e-6 for k in a if k.startswith("val/"))
+
+
+def test_launcher_builds_torchrun_command_lines() -> None:
+    from taktstock.training.launch import LaunchOptions, torchrun_argv
+
+    worker = ["train", "cfg.yaml", "--run-dir", "runs/x"]
+    single_node = torchrun_argv(LaunchOptions(nproc_per_node=4), worker)
+    assert "--standalone" in single_node and single_node[-6:] == ["-m", "taktstock", *worker]
+    static = torchrun_argv(LaunchOptions(2, nnodes=3, node_rank=2, master_addr="n0", master_port=1234, max_restarts=1), worker)
+    assert " ".join(static).startswith("--nproc-per-node 2 --nnodes 3 --max-restarts 1 --node-rank 2 --master-addr n0 --master-port 1234")
+    dynamic = torchrun_argv(LaunchOptions(2, nnodes=2, rdzv_endpoint="n0:29400"), worker)
+    assert "--rdzv-backend c10d --rdzv-endpoint n0:29400" in " ".join(dynamic) and "--node-rank" not in dynamic
+
+
+def test_rank_and_world_size_come_from_torchrun_or_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taktstock.training.distributed import DistEnv
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    assert DistEnv.from_environ() == DistEnv(0, 1, 0)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert DistEnv.from_environ() == DistEnv(0, 1, 0)  # no MASTER_ADDR: a plain SLURM job step, not a group
+    monkeypatch.setenv("MASTER_ADDR", "node0")
+    assert DistEnv.from_environ() == DistEnv(5, 8, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert DistEnv.from_environ() == DistEnv(3, 4, 3)  # torchrun's variables win

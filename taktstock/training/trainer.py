@@ -272,7 +272,8 @@ class Trainer:
         self.interval.reset()
         record["lr"] = self.p.optimizer.param_groups[0]["lr"]
         elapsed = time.perf_counter() - self._t0
-        self.throughput = self._samples / elapsed if elapsed > 0 else 0.0
+        # Samples per second of the whole group (ranks process equal shares).
+        self.throughput = self._samples * self.p.dist.world_size / elapsed if elapsed > 0 else 0.0
         self._t0, self._samples = time.perf_counter(), 0
         self._log(record)
         self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {self.throughput:,.0f} samples/s")
