@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from taktstock.commands.common import split_config_args
+
+if TYPE_CHECKING:
+    from taktstock.training.launch import LaunchOptions
+
+_DIST = "Distributed (torchrun)"
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +30,25 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Resume even if the config changed in ways that break exactness.")] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate the best model on the test split afterwards.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, model summary and batch shapes; do not train.")] = False,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option("--nproc-per-node", help="Processes per node (one per GPU): starts the run via torchrun.", rich_help_panel=_DIST),
+    ] = None,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Number of nodes.", rich_help_panel=_DIST)] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This node's rank (with --master-addr).", rich_help_panel=_DIST)] = 0,
+    master_addr: Annotated[
+        str | None, typer.Option("--master-addr", help="Address of node 0 (static rendezvous).", rich_help_panel=_DIST)
+    ] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", help="Port on node 0 (default 29500).", rich_help_panel=_DIST)] = None,
+    rdzv_endpoint: Annotated[
+        str | None, typer.Option("--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous (node ranks assigned).", rich_help_panel=_DIST)
+    ] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            "--max-restarts", help="Restart the worker group up to K times; it resumes from the last checkpoint.", rich_help_panel=_DIST
+        ),
+    ] = 0,
 ) -> None:
     """Train an experiment: taktstock train config.yaml train.epochs=5 optim.lr=3e-4"""
     from taktstock.errors import TrainingAborted
@@ -35,7 +60,22 @@ def train(
 
         do_dry_run(config_path, overrides)
         return
+    if nproc_per_node is not None or nnodes > 1 or rdzv_endpoint:
+        from taktstock.training.launch import LaunchOptions
+
+        opts = LaunchOptions(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts)
+        _launch(config_path, overrides, run_dir, resume, force, evaluate, opts)
+        return
+    from taktstock.training.distributed import DistEnv
+    from taktstock.training.launch import restart_count
     from taktstock.training.run import train as run_train
+
+    if resume is None and run_dir is not None and restart_count() > 0:
+        from taktstock.run_dir import RunDir
+
+        # torchrun restarted the worker group: continue the run from its newest valid checkpoint.
+        if RunDir(run_dir).config.is_file():
+            resume = run_dir
 
     try:
         result = run_train(config_path, overrides, run_dir=run_dir, resume=resume, force=force)
@@ -46,8 +86,38 @@ def train(
     except TrainingAborted as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    if not DistEnv.from_environ().is_main:
+        return  # rank 0 reports (and evaluates) for the whole group
+    if os.environ.get("TAKTSTOCK_LAUNCHED"):
+        return  # started by `taktstock train --nproc-per-node`: the launcher evaluates and reports
     if evaluate:
         from taktstock.evaluation.evaluate import evaluate as run_evaluate
 
         run_evaluate(result.run_dir)
     print(f"run directory: {result.run_dir}")
+
+
+def _launch(
+    config_path: Path | None,
+    overrides: list[str],
+    run_dir: Path | None,
+    resume: Path | None,
+    force: bool,
+    evaluate: bool,
+    opts: LaunchOptions,
+) -> None:
+    from taktstock.training.launch import LaunchFailed, launch
+
+    try:
+        target = launch(config_path, overrides, run_dir, resume, force, opts)
+    except LaunchFailed as exc:
+        if exc.message:
+            print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    if opts.node_rank != 0:
+        return
+    if evaluate:
+        from taktstock.evaluation.evaluate import evaluate as run_evaluate
+
+        run_evaluate(target)
+    print(f"run directory: {target}")

@@ -54,6 +54,10 @@ class EpochBatchSampler:
     def local_batches(self, epoch: int) -> list[np.ndarray]:
         return [np.array_split(b, self.world_size)[self.rank] for b in self.global_batches(epoch)]
 
+    def global_batch_len(self, index: int) -> int:
+        """Samples in global batch `index` over all ranks (the last one of an epoch may be partial)."""
+        return min(self.batch_size, self.n - index * self.batch_size)
+
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest and (self.world_size == 1 or rest >= self.world_size) else 0)

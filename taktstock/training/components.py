@@ -76,11 +76,12 @@ def callbacks_for(config: Config) -> list[Any]:
     return [import_object(path, "train.callbacks")() for path in config.train.callbacks]
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Write a plain state dict as safetensors, atomically (clone: safetensors refuses shared storage)."""
+def save_weights(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a plain state dict (or `state`, e.g. gathered FSDP weights) as safetensors, atomically
+    (clone: safetensors refuses shared storage)."""
     from safetensors.torch import save
 
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in (state if state is not None else model.state_dict()).items()}
     atomic_write_bytes(path, save(tensors))
 
 

@@ -53,6 +53,8 @@ def train(
         run = RunDir(Path(run_dir)) if run_dir else RunDir.new(config.experiment.output_dir, config.experiment.name)
     dist = setup_distributed(config)
     try:
+        # Under torchrun every rank must use rank 0's run directory (names carry a timestamp).
+        run = RunDir(Path(dist.broadcast_object(str(run.root))))
         return _train(config, run, dist, resuming=resume is not None, force=force)
     finally:
         teardown_distributed(dist)
@@ -89,7 +91,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         step_fn=components.step_fn_for(config),
         dist=dist,
         callbacks=components.callbacks_for(config),
-        save_best_weights=(lambda: components.save_weights(model, run.best)) if dist.is_main else None,
+        save_best_weights=(lambda state=None: components.save_weights(model, run.best, state)) if dist.is_main else None,
     )
     trainer = Trainer(parts)
     if ckpt_state is not None:
@@ -111,7 +113,9 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     except Preempted as exc:
         status = "preempted"
         where = exc.checkpoint or "no checkpoint"
-        print(f"{exc.signal_name}: saved {where}; resume with: taktstock train --resume {run.root}", file=sys.stderr)
+        if dist.is_main:
+            procs = f" --nproc-per-node {dist.world_size}" if dist.enabled else ""  # multi-node: the same layout as before
+            print(f"{exc.signal_name}: saved {where}; resume with: taktstock train --resume {run.root}{procs}", file=sys.stderr)
         raise
     except TrainingAborted:
         status = "aborted"
@@ -134,10 +138,11 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
     """Final weights, plots and the summary; only rank 0 writes."""
     records = read_metrics(run.metrics) if dist.is_main and run.metrics.exists() else []
     final = {k: v for r in records if "step" in r for k, v in r.items() if k.startswith("val/")}
+    dicts = trainer.full_state_dicts()  # FSDP: every rank takes part in gathering the weights
     if dist.is_main:
-        components.save_weights(parts.model, run.model)
+        components.save_weights(parts.model, run.model, dicts[0] if dicts else None)
         if not run.best.exists():
-            components.save_weights(parts.model, run.best)
+            components.save_weights(parts.model, run.best, dicts[0] if dicts else None)
         if config.logging.plots and records:
             from taktstock.tracking.plots import learning_curves
 
@@ -161,9 +166,11 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
         removed = ckpts.prepare()
         if removed:
             print(f"removed {len(removed)} partial file(s) of an interrupted checkpoint write", file=sys.stderr)
-    info = ckpts.latest_valid()
+    # Rank 0 picks the checkpoint for everyone: ranks must not disagree while a scan races a write.
+    info = dist.broadcast_object(ckpts.latest_valid() if dist.is_main else None)
     if info is None:
-        print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
+        if dist.is_main:
+            print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
         return None, None
     state = load_checkpoint(info.path)
     missing = [k for k in ("format", "model", "optimizer", "rng", "loop", "sums", "monitor", "metrics_offset") if k not in state]

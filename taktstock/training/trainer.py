@@ -31,7 +31,7 @@ from taktstock.metrics.collection import EpochMetrics, class_scores
 from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.console import ConsoleProgress
 from taktstock.tracking.jsonl import MetricsFile
-from taktstock.training.distributed import DistEnv
+from taktstock.training.distributed import DistEnv, full_state_dicts, is_sharded, load_full_state_dicts
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.rng import capture_rng, restore_rng
 from taktstock.training.signals import PreemptionHandler
@@ -75,7 +75,7 @@ class TrainerParts:
     step_fn: StepFn
     dist: DistEnv = field(default_factory=DistEnv)
     callbacks: list[Any] = field(default_factory=list)
-    save_best_weights: Callable[[], None] | None = None
+    save_best_weights: Callable[[dict[str, Any] | None], None] | None = None  # gets gathered FSDP weights, else None
     extra_state: Callable[[], dict[str, Any]] = dict
 
 
@@ -116,11 +116,12 @@ class Trainer:
             while s.stop_reason is None and s.epoch < self.cfg.train.epochs and not self._reached_max_steps():
                 self.p.forward_model.train()
                 for batch in self.p.train_batches.epoch(s.epoch, s.batch_in_epoch):
+                    weight = self._loss_weight(s.batch_in_epoch, batch)
                     cycle_start = (s.batch_in_epoch // accum) * accum
                     cycle_len = min(accum, n_batches - cycle_start)
                     s.batch_in_epoch += 1
                     boundary = s.batch_in_epoch == cycle_start + cycle_len
-                    self._forward_backward(batch, cycle_len, sync_grads=boundary)
+                    self._forward_backward(batch, cycle_len, sync_grads=boundary, weight=weight)
                     if boundary:
                         self._optimizer_step()
                         if self._after_step(epoch_done=s.batch_in_epoch == n_batches):
@@ -138,7 +139,15 @@ class Trainer:
         self._callback("on_train_end")
         return s
 
-    def _forward_backward(self, batch: Batch, cycle_len: int, sync_grads: bool) -> None:
+    def _loss_weight(self, index: int, batch: Batch) -> float:
+        """local_n * W / global_n: DDP averages per-rank mean losses, which equals the global mean only
+        when every rank holds the same number of samples; the last, unevenly split batch is reweighted."""
+        d = self.p.dist
+        if not d.enabled:
+            return 1.0
+        return batch_size_of(batch) * d.world_size / self.p.train_batches.sampler.global_batch_len(index)
+
+    def _forward_backward(self, batch: Batch, cycle_len: int, sync_grads: bool, weight: float = 1.0) -> None:
         p = self.p
         batch = to_device(batch, p.device, self.cfg.train.channels_last)
         # In DDP only the last micro-step of an accumulation cycle needs the gradient all-reduce.
@@ -147,10 +156,11 @@ class Trainer:
         with ctx:
             with p.autocast():
                 loss, out, target = normalize_step_output(p.step_fn(p.forward_model, batch, p.loss_fn), batch)
-            if self.cfg.train.nan_policy == "skip" and not bool(torch.isfinite(loss)):
+            # All ranks skip together: a rank leaving out its backward would stall DDP's all-reduce.
+            if self.cfg.train.nan_policy == "skip" and not p.dist.all_ranks(bool(torch.isfinite(loss)), p.device):
                 self.state.nan_skips += 1
                 return
-            scaled = loss / cycle_len
+            scaled = (loss * weight if weight != 1.0 else loss) / cycle_len
             (p.scaler.scale(scaled) if p.scaler else scaled).backward()
         n = batch_size_of(batch)
         correct = None
@@ -201,7 +211,7 @@ class Trainer:
             self._checkpoint()
         if s.stop_reason is not None:
             return True
-        if self.preemption.requested:
+        if self._preemption_requested():
             if not self._checkpointed_now():
                 self._checkpoint()
             raise Preempted(self.preemption.requested, self.last_checkpoint)
@@ -219,7 +229,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         s = self.state
-        record = self.epoch_sums.means("train", "", self.classification)
+        record = self.p.dist.sum_sums(self.epoch_sums).means("train", "", self.classification)
         self.epoch_sums.reset()
         stop = False
         if s.last_val_step != s.step:
@@ -235,9 +245,11 @@ class Trainer:
             s.stop_reason = "max_steps"
         elif s.epoch >= self.cfg.train.epochs:
             s.stop_reason = "completed"
-        if self.cfg.checkpoint.every_epoch or s.stop_reason is not None or self._periodic_due() or self.preemption.requested:
+        # Collective in multi-process runs: every rank evaluates it (stop_reason is the same on all ranks).
+        preempt = s.stop_reason is None and self._preemption_requested()  # a finished run just finishes
+        if self.cfg.checkpoint.every_epoch or s.stop_reason is not None or self._periodic_due() or preempt:
             self._checkpoint()
-        if self.preemption.requested and s.stop_reason is None:  # a finished run just finishes
+        if preempt:
             raise Preempted(self.preemption.requested, self.last_checkpoint)
 
     # -- validation, logging, checkpoints ------------------------------------------------------
@@ -267,22 +279,27 @@ class Trainer:
             return False
         if isinstance(p.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             p.scheduler.step(value)
-        if p.monitor.update(value, s.step) and p.dist.is_main and self.cfg.checkpoint.save_best:
-            with self._write_guard("the best checkpoint"):
+        if p.monitor.update(value, s.step) and self.cfg.checkpoint.save_best:
+            dicts = self.full_state_dicts()  # FSDP: gathered by every rank
+
+            def write_best() -> None:
                 if p.save_best_weights is not None:
-                    p.save_best_weights()
-                p.checkpoints.save_best(self.checkpoint_state(), s.step)
+                    p.save_best_weights(dicts[0] if dicts else None)
+                p.checkpoints.save_best(self.checkpoint_state(dicts=dicts), s.step)
+
+            self._save_on_main("the best checkpoint", write_best)
         return self.cfg.early_stopping.enabled and p.monitor.should_stop
 
     def _log_interval(self) -> None:
         self._check_finite()
-        record = self.interval.means("train", "_step", self.classification)
+        record = self.p.dist.sum_sums(self.interval).means("train", "_step", self.classification)
         self.interval.reset()
         record["lr"] = self.p.optimizer.param_groups[0]["lr"]
         if self.cfg.train.nan_policy == "skip":
             record["train/nan_skips"] = self.state.nan_skips
         elapsed = time.perf_counter() - self._t0
-        self.throughput = self._samples / elapsed if elapsed > 0 else 0.0
+        # Samples per second of the whole group (ranks process equal shares).
+        self.throughput = self._samples * self.p.dist.world_size / elapsed if elapsed > 0 else 0.0
         self._t0, self._samples = time.perf_counter(), 0
         self._log(record)
         self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {self.throughput:,.0f} samples/s")
@@ -296,7 +313,7 @@ class Trainer:
         self.p.trackers.log_metrics(metrics, self.state.step)
 
     def _check_finite(self) -> None:
-        bad = int(self.first_bad_step)
+        bad = int(self.p.dist.first_step(self.first_bad_step))
         if bad >= 0:
             where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
             raise TrainingAborted(
@@ -306,10 +323,29 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self._check_finite()
-        if not self.p.dist.is_main:
-            return
-        with self._write_guard(f"checkpoint at step {self.state.step}"):
-            self.last_checkpoint = self.p.checkpoints.save(self.checkpoint_state(), self.state.step)
+        p = self.p
+        # Every rank's generators (dropout differs per rank) and running sums, for an exact W-process resume.
+        ranks = p.dist.gather_object(self._rank_state()) if p.dist.enabled else None
+        dicts = self.full_state_dicts()
+
+        def write() -> None:
+            self.last_checkpoint = p.checkpoints.save(self.checkpoint_state(ranks, dicts), self.state.step)
+
+        self._save_on_main(f"checkpoint at step {self.state.step}", write)
+        if not p.dist.is_main:
+            self.last_checkpoint = p.checkpoints.dir / f"step-{self.state.step:08d}.pt"
+
+    def _save_on_main(self, what: str, write: Callable[[], None]) -> None:
+        """Rank 0 writes; a failure stops every rank (the all-reduce doubles as the save barrier)."""
+        error = None
+        if self.p.dist.is_main:
+            try:
+                with self._write_guard(what):
+                    write()
+            except TrainingAborted as exc:
+                error = exc
+        if not self.p.dist.all_ranks(error is None, self.p.device):
+            raise error or TrainingAborted(f"rank 0 could not write the {what}")
 
     @contextlib.contextmanager
     def _write_guard(self, what: str) -> Any:
@@ -324,6 +360,15 @@ class Trainer:
                 f"Free space or fix the file system, then resume with: taktstock train --resume {self.p.checkpoints.dir.parent}"
             ) from None
 
+    def _preemption_requested(self) -> bool:
+        """SIGTERM/SIGINT may reach ranks at different steps; all ranks stop at the same boundary."""
+        p = self.p
+        # Decide on the reduced value only: a signal landing after the all-reduce waits for the next step.
+        if not p.dist.any_rank(self.preemption.requested is not None, p.device):
+            return False
+        self.preemption.requested = self.preemption.requested or "SIGTERM"
+        return True
+
     def _reached_max_steps(self) -> bool:
         return self.cfg.train.max_steps is not None and self.state.step >= self.cfg.train.max_steps
 
@@ -334,13 +379,25 @@ class Trainer:
                 fn(self, **kwargs)
 
     # -- checkpoint state ----------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        return {"rng": capture_rng(), "sums": {"interval": self.interval.state_dict(), "epoch": self.epoch_sums.state_dict()}}
+
+    def full_state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(model, optimizer) state gathered from FSDP shards (a collective); None when not sharded."""
+        if not is_sharded(self.cfg, self.p.dist):
+            return None
+        return full_state_dicts(self.p.model, self.p.optimizer)
+
+    def checkpoint_state(
+        self, ranks: list[Any] | None = None, dicts: tuple[dict[str, Any], dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """Everything the continuation depends on, as tensors and plain data only."""
         p = self.p
+        model_state, optim_state = dicts or (p.model.state_dict(), p.optimizer.state_dict())
         return {
             "format": 1,
-            "model": p.model.state_dict(),
-            "optimizer": p.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
             "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
             "scaler": p.scaler.state_dict() if p.scaler is not None else None,
             "rng": capture_rng(),
@@ -354,24 +411,35 @@ class Trainer:
             # User callbacks with state take part like any other component (plain data only).
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in p.callbacks],
             "num_threads": torch.get_num_threads(),
+            "ranks": ranks,  # per-rank state of multi-process runs, in rank order
         } | p.extra_state()
 
     def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
         p = self.p
-        p.model.load_state_dict(ckpt["model"])
-        p.optimizer.load_state_dict(ckpt["optimizer"])
+        if is_sharded(self.cfg, p.dist):
+            load_full_state_dicts(p.model, p.optimizer, ckpt["model"], ckpt["optimizer"])
+        else:
+            p.model.load_state_dict(ckpt["model"])
+            p.optimizer.load_state_dict(ckpt["optimizer"])
         if p.scheduler is not None and ckpt.get("scheduler") is not None:
             p.scheduler.load_state_dict(ckpt["scheduler"])
         if p.scaler is not None and ckpt.get("scaler") is not None:
             p.scaler.load_state_dict(ckpt["scaler"])
         self.state.load_state_dict(ckpt["loop"])
-        self.interval.load_state_dict(ckpt["sums"]["interval"])
-        self.epoch_sums.load_state_dict(ckpt["sums"]["epoch"])
+        ranks = ckpt.get("ranks") or [{"rng": ckpt["rng"], "sums": ckpt["sums"]}]
+        if len(ranks) == p.dist.world_size:
+            mine = ranks[p.dist.rank]
+        else:  # a forced resume with another world size: rank 0 carries the sums of all former ranks
+            total = {k: {f: sum(r["sums"][k][f] for r in ranks) for f in ("loss", "correct", "count")} for k in ("interval", "epoch")}
+            empty = {k: Sums().state_dict() for k in ("interval", "epoch")}
+            mine = {"rng": ckpt["rng"], "sums": total if p.dist.is_main else empty}
+        self.interval.load_state_dict(mine["sums"]["interval"])
+        self.epoch_sums.load_state_dict(mine["sums"]["epoch"])
         p.monitor.load_state_dict(ckpt["monitor"])
         for cb, state in zip(p.callbacks, ckpt.get("callbacks") or [], strict=False):
             if state is not None and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(state)
-        restore_rng(ckpt["rng"])
+        restore_rng(mine["rng"])
         threads = ckpt.get("num_threads")
         if threads is not None and threads != torch.get_num_threads():
             print(
