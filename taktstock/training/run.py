@@ -20,6 +20,7 @@ from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.factory import build_trackers
 from taktstock.tracking.jsonl import MetricsFile, read_metrics
 from taktstock.training import components
+from taktstock.training.checks import check_config_fits_data
 from taktstock.training.distributed import DistEnv, setup_distributed, teardown_distributed
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.resume import check_resume_compatible
@@ -61,6 +62,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     device = components.select_device(config, dist)
     seed_everything(config.seed, config.train.deterministic)
     data = prepare(config)
+    check_config_fits_data(config, data)
     model, forward_model = components.build_model_for(config, data, device, dist)
     ckpts = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
     start, ckpt_state = _newest_checkpoint(ckpts, run, dist, force) if resuming else (None, None)
