@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from taktstock.config.schema import Config
 from taktstock.data.sources import load_source
 from taktstock.errors import ConfigError
 
-PREP_VERSION = 1
+PREP_VERSION = 2  # bump when the split or normalisation algorithm changes: invalidates caches
 SPLITS = ("train", "val", "test")
 
 
@@ -35,6 +36,7 @@ class Normalizer:
         shape = x.shape[1:]
         if kind == "none" or len(x) == 0:
             return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
+        x = x.astype(np.float64)  # float32 sums drift on large splits
         if kind == "standard":
             shift, scale = x.mean(0), x.std(0)
         elif kind == "global":
@@ -129,18 +131,18 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
     idx = np.arange(n)
     d = config.data
     strat = config.task == "classification" and d.stratify
-    holdout = d.val_fraction + d.test_fraction
-    if holdout == 0:
+    # Integer sizes (rounded up, like scikit-learn): 0.2 + 0.1 is 0.30000000000000004 in floating point,
+    # so passing the summed fraction would move a sample from train to the test split.
+    n_val, n_test = (math.ceil(round(n * f, 6)) for f in (d.val_fraction, d.test_fraction))
+    if n_val + n_test == 0:
         return {"train": idx, "val": idx[:0], "test": idx[:0]}
     try:
-        train, rest = train_test_split(idx, test_size=holdout, random_state=config.seed, stratify=y if strat else None)
-        if d.test_fraction == 0:
+        train, rest = train_test_split(idx, test_size=n_val + n_test, random_state=config.seed, stratify=y if strat else None)
+        if n_test == 0:
             return {"train": np.sort(train), "val": np.sort(rest), "test": idx[:0]}
-        if d.val_fraction == 0:
+        if n_val == 0:
             return {"train": np.sort(train), "val": idx[:0], "test": np.sort(rest)}
-        val, test = train_test_split(
-            rest, test_size=d.test_fraction / holdout, random_state=config.seed, stratify=y[rest] if strat else None
-        )
+        val, test = train_test_split(rest, test_size=n_test, random_state=config.seed, stratify=y[rest] if strat else None)
     except ValueError as exc:
         raise ConfigError(
             f"data: cannot split {n} samples with val_fraction={d.val_fraction}, test_fraction={d.test_fraction} ({exc})"
