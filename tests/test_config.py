@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, cli_env, run_cli, tiny_config, write_config
 
-from conftest import REPO, run_cli, tiny_config, write_config
 from taktstock.config.loader import load_config
+
+# Subprocesses use one intra-op thread: tiny models gain nothing from more, and on a busy
+# machine two spinning threads per process slow a run down several times.
+ONE_THREAD = cli_env(OMP_NUM_THREADS="1")
 
 
 def cli_inprocess(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -91,7 +95,7 @@ def test_override_can_add_arguments_of_a_new_optimizer(tmp_path: Path) -> None:
 
 def test_config_show_prints_the_resolved_config_with_overrides(tmp_path: Path) -> None:
     path = write_config(tmp_path / "exp.yaml", tiny_config())
-    proc = run_cli("config", "show", str(path), "train.epochs=7", "model.hidden=[12]", cwd=tmp_path)
+    proc = run_cli("config", "show", str(path), "train.epochs=7", "model.hidden=[12]", cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
     assert shown["train"]["epochs"] == 7
@@ -101,7 +105,7 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path: Path) -
     assert shown["scheduler"]["name"] == "none" and shown["train"]["batch_size"] == 64
     # What `config show` prints is itself a valid experiment file that resolves to the same config.
     again = write_config(tmp_path / "shown.yaml", shown)
-    assert yaml.safe_load(run_cli("config", "show", str(again), cwd=tmp_path).stdout) == shown
+    assert yaml.safe_load(run_cli("config", "show", str(again), cwd=tmp_path, env=ONE_THREAD).stdout) == shown
 
 
 def test_default_experiment_file_is_valid() -> None:
@@ -180,7 +184,7 @@ def test_misspelled_section_suggests_the_right_one_in_a_subprocess(tmp_path: Pat
     config = tiny_config()
     config["trian"] = config.pop("train")
     path = write_config(tmp_path / "exp.yaml", config)
-    proc = run_cli("train", str(path), cwd=tmp_path)
+    proc = run_cli("train", str(path), cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "trian: unknown key 'trian'; did you mean 'train'?" in proc.stderr
@@ -190,7 +194,7 @@ def test_misspelled_section_suggests_the_right_one_in_a_subprocess(tmp_path: Pat
 def test_yaml_syntax_error_names_the_line_in_a_subprocess(tmp_path: Path) -> None:
     path = tmp_path / "exp.yaml"
     path.write_text("experiment:\n  name: x\ntrain:\n  epochs: [1, 2\n  batch_size: 4\n")
-    proc = run_cli("config", "show", str(path), cwd=tmp_path)
+    proc = run_cli("config", "show", str(path), cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "YAML syntax error" in proc.stderr and "line 5" in proc.stderr
@@ -202,7 +206,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")  # CI has no GPU, so this runs there
     path = write_config(tmp_path / "exp.yaml", tiny_config(train={"epochs": 1, "device": "cuda"}))
-    proc = run_cli("train", str(path), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    proc = run_cli("train", str(path), "--run-dir", str(tmp_path / "run"), cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "train.device: 'cuda' requested but CUDA is not available" in proc.stderr

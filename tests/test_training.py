@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_config
 from taktstock.checkpoint.manager import load_checkpoint
 from taktstock.config.loader import validate
 from taktstock.config.schema import Config
@@ -178,7 +178,10 @@ def test_each_scheduler_shapes_the_learning_rate(workdir: Path, name: str) -> No
     if name == "plateau":
         # "max" on val/loss never improves after the first validation: every later one decays the lr.
         scheduler |= {"patience": 0, "gamma": 0.5}
-        sections = {"train": {"epochs": 2, "log_every_n_steps": 1, "val_every_n_steps": 5}, "metrics": {"monitor": "val/loss", "mode": "max"}}
+        sections = {
+            "train": {"epochs": 2, "log_every_n_steps": 1, "val_every_n_steps": 5},
+            "metrics": {"monitor": "val/loss", "mode": "max"},
+        }
     result, run_dir, _ = run(workdir, scheduler=scheduler, **sections)
     lrs = _lrs(run_dir)
     total = result.steps
@@ -208,7 +211,7 @@ def test_cross_entropy_with_label_smoothing_and_class_weights(workdir: Path) -> 
     weights = [1.0, 2.0, 1.0, 1.0, 0.5, 1.0, 1.0, 3.0, 1.0, 1.0]
     loss = {"name": "cross_entropy", "label_smoothing": 0.1, "class_weights": weights}
     # One eval batch: the weighted mean is then over the whole split, as F.cross_entropy computes it.
-    result, run_dir, config = run(workdir, loss=loss, train={"epochs": 1, "eval_batch_size": 1000})
+    _result, run_dir, config = run(workdir, loss=loss, train={"epochs": 1, "eval_batch_size": 1000})
     out, y = outputs_on(config, run_dir / "model.safetensors")
     expected = nn.functional.cross_entropy(out, y, weight=torch.tensor(weights), label_smoothing=0.1)
     assert abs(records(run_dir, "val/loss")[-1][1] - float(expected)) < 1e-5
@@ -218,7 +221,7 @@ def test_cross_entropy_with_label_smoothing_and_class_weights(workdir: Path) -> 
 
 @pytest.mark.parametrize(("loss", "metric"), [("mse", "val/mse"), ("l1", "val/mae")])
 def test_regression_losses_on_diabetes(workdir: Path, loss: str, metric: str) -> None:
-    result, run_dir, config = run(
+    _result, run_dir, config = run(
         workdir,
         data={"source": "diabetes"},
         loss={"name": loss},
@@ -239,7 +242,7 @@ def test_regression_losses_on_diabetes(workdir: Path, loss: str, metric: str) ->
 
 
 def test_bce_with_logits_on_breast_cancer_reports_class_metrics(workdir: Path) -> None:
-    result, run_dir, config = run(
+    _result, run_dir, config = run(
         workdir, data={"source": "breast_cancer"}, loss={"name": "bce_with_logits"}, train={"epochs": 3, "batch_size": 32}
     )
     out, y = outputs_on(config, run_dir / "model.safetensors")
@@ -254,7 +257,7 @@ def test_bce_with_logits_on_breast_cancer_reports_class_metrics(workdir: Path) -
 def test_tensorboard_scalars_are_written_at_the_logged_steps(workdir: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result, run_dir, config = run(workdir, train={"epochs": 2, "log_every_n_steps": 5}, logging={"tensorboard": True, "plots": False})
+    _result, run_dir, config = run(workdir, train={"epochs": 2, "log_every_n_steps": 5}, logging={"tensorboard": True, "plots": False})
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]

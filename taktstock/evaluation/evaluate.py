@@ -24,13 +24,13 @@ def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.devi
     """(config, prepared data, model in eval mode with the chosen weights)."""
     if not run.config.is_file():
         raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
+    weights = {"best": run.best, "last": run.model}.get(checkpoint)
+    if weights is None:
+        raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
     config = load_config(run.config)
     data = prepare(config)
     device = device or torch.device("cpu")
     model = components.build_model_for(config, data, device, DistEnv())[0]
-    weights = {"best": run.best, "last": run.model}.get(checkpoint)
-    if weights is None:
-        raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
     if weights.is_file():
         components.load_weights(model, weights)
     elif (run.checkpoints / "last.pt").is_file():  # training interrupted before final weights were written
