@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO, cli_env, run_cli, tiny_config, write_config
 
-from taktstock.config.loader import load_config
+from taktstock.config.loader import config_to_yaml, load_config
 
 # Subprocesses use one intra-op thread: tiny models gain nothing from more, and on a busy
 # machine two spinning threads per process slow a run down several times.
@@ -104,8 +104,33 @@ def test_config_show_prints_the_resolved_config_with_overrides(tmp_path: Path) -
     assert shown["model"]["activation"] == "relu" and shown["model"]["batch_norm"] is False
     assert shown["scheduler"]["name"] == "none" and shown["train"]["batch_size"] == 64
     # What `config show` prints is itself a valid experiment file that resolves to the same config.
-    again = write_config(tmp_path / "shown.yaml", shown)
-    assert yaml.safe_load(run_cli("config", "show", str(again), cwd=tmp_path, env=ONE_THREAD).stdout) == shown
+    again = load_config(write_config(tmp_path / "shown.yaml", shown))
+    assert yaml.safe_load(config_to_yaml(again)) == shown
+
+
+@pytest.mark.parametrize(
+    ("metrics", "mode"),
+    [
+        ({"monitor": "val/acc"}, "max"),
+        ({"monitor": "val/f1"}, "max"),
+        ({"monitor": "val/loss"}, "min"),
+        ({"monitor": "train/loss"}, "min"),
+        ({"monitor": "val/acc", "mode": "min"}, "min"),  # explicit wins
+        ({}, "min"),
+    ],
+)
+def test_monitor_mode_defaults_to_the_metrics_direction(tmp_path: Path, metrics: dict[str, str], mode: str) -> None:
+    config = tiny_config()
+    config["metrics"] = metrics
+    assert load_config(write_config(tmp_path / "exp.yaml", config)).metrics.mode == mode
+
+
+def test_monitor_override_without_mode_follows_the_new_metric(tmp_path: Path) -> None:
+    config = tiny_config()
+    config["metrics"] = {"monitor": "val/acc"}
+    path = write_config(tmp_path / "exp.yaml", config)
+    assert load_config(path).metrics.mode == "max"
+    assert load_config(path, ["metrics.monitor=val/loss"]).metrics.mode == "min"
 
 
 def test_default_experiment_file_is_valid() -> None:
@@ -200,14 +225,16 @@ def test_yaml_syntax_error_names_the_line_in_a_subprocess(tmp_path: Path) -> Non
     assert "YAML syntax error" in proc.stderr and "line 5" in proc.stderr
 
 
-def test_device_cuda_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
+def test_device_cuda_without_cuda_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")  # CI has no GPU, so this runs there
+    monkeypatch.chdir(tmp_path)
     path = write_config(tmp_path / "exp.yaml", tiny_config(train={"epochs": 1, "device": "cuda"}))
-    proc = run_cli("train", str(path), "--run-dir", str(tmp_path / "run"), cwd=tmp_path, env=ONE_THREAD)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "train.device: 'cuda' requested but CUDA is not available" in proc.stderr
+    code, _, err = cli_inprocess(capsys, "train", str(path), "--run-dir", str(tmp_path / "run"))
+    assert code == 2
+    assert err == "error: train.device: 'cuda' requested but CUDA is not available (use auto or cpu)\n"
     assert not (tmp_path / "run").exists()

@@ -167,13 +167,14 @@ def test_csv_source_with_string_labels(workdir: Path) -> None:
     lines = ["width, height,label"]
     for i in range(60):
         lines.append(f"{rng.normal() + i % 3:.4f},{rng.normal():.4f},{labels[i % 3]}")
-    (workdir / "pets.csv").write_text("\n".join(lines) + "\n")
+    (workdir / "pets.csv").write_text("\n".join(lines) + "\n\n")  # a trailing blank line, as editors leave them
     data = prepare(make_config(data={"source": "csv", "path": "pets.csv", "target": "label"}))
     assert data.class_names == ["bird", "cat", "dog"]
     assert data.num_outputs == 3 and data.input_shape == (2,)
     assert data.feature_names == ["width", "height"]
     y = data.split("train")[1]
     assert y.dtype == np.int64 and set(y.tolist()) == {0, 1, 2}
+    assert sum(len(data.split(s)[1]) for s in ("train", "val", "test")) == 60
 
 
 def test_csv_regression_targets_are_float32(workdir: Path) -> None:
@@ -203,16 +204,23 @@ def test_csv_bad_inputs_are_config_errors(workdir: Path) -> None:
 
 def test_npz_source_classification_and_regression(workdir: Path) -> None:
     rng = np.random.default_rng(0)
-    np.savez(workdir / "d.npz", x=rng.standard_normal((80, 2, 3)), y=rng.integers(5, 8, size=80), price=rng.standard_normal(80))
+    y = rng.integers(5, 8, size=(80, 1))  # a column vector of labels, as often saved
+    np.savez(workdir / "d.npz", x=rng.standard_normal((80, 2, 3)), y=y, price=rng.standard_normal(80))
     data = prepare(make_config(data={"source": "npz", "path": "d.npz"}))
     assert data.input_shape == (2, 3) and data.num_outputs == 3 and data.class_names == ["5", "6", "7"]
     assert data.split("train")[0].dtype == np.float32 and data.split("train")[1].dtype == np.int64
+    assert data.split("train")[1].ndim == 1
     reg = prepare(
         make_config(data={"source": "npz", "path": "d.npz", "target": "price"}, loss={"name": "l1"}, metrics={"monitor": "val/mae"})
     )
     assert reg.split("val")[1].dtype == np.float32 and reg.num_outputs == 1
     with pytest.raises(ConfigError, match="must contain arrays 'x' and 'label'"):
         prepare(make_config(data={"source": "npz", "path": "d.npz", "target": "label"}))
+
+
+def test_classification_of_a_continuous_target_explains_the_split_failure(workdir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot split 442 samples .* use a regression loss \(loss.name: mse\)"):
+        prepare(make_config(data={"source": "diabetes"}))
 
 
 def test_missing_data_file_is_exit_2_naming_data_path(workdir: Path) -> None:

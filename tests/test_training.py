@@ -301,3 +301,14 @@ def test_config_that_does_not_fit_the_data_fails_before_the_run_directory_exists
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         run(workdir, **sections)
     assert not (workdir / "run").exists()
+
+
+def test_fresh_run_in_an_old_run_directory_replaces_its_results(workdir: Path) -> None:
+    # Stale higher-numbered checkpoints would outlive pruning and be chosen by a later --resume.
+    run(workdir, train={"epochs": 3}, checkpoint={"every_n_steps": 10}, logging={"tensorboard": True, "plots": False})
+    assert (workdir / "run" / "checkpoints" / "step-00000060.pt").is_file()
+    result, run_dir, _ = run(workdir, train={"epochs": 1}, checkpoint={"every_n_steps": 10})
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt")) == ["step-00000010.pt", "step-00000020.pt"]
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"] == 20 == result.steps
+    assert max(s for s, _ in records(run_dir, "val/acc")) == 20
+    assert not (run_dir / "tensorboard").exists()

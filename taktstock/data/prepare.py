@@ -144,8 +144,11 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
             return {"train": np.sort(train), "val": idx[:0], "test": np.sort(rest)}
         val, test = train_test_split(rest, test_size=n_test, random_state=config.seed, stratify=y[rest] if strat else None)
     except ValueError as exc:
+        reason, hint = str(exc).split(". ")[0], ""
+        if strat:
+            hint = "; if the target is a number to predict, use a regression loss (loss.name: mse); else set data.stratify: false"
         raise ConfigError(
-            f"data: cannot split {n} samples with val_fraction={d.val_fraction}, test_fraction={d.test_fraction} ({exc})"
+            f"data: cannot split {n} samples with val_fraction={d.val_fraction}, test_fraction={d.test_fraction} ({reason}){hint}"
         ) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 

@@ -67,6 +67,8 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     ckpts = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
     start, ckpt_state = _newest_checkpoint(ckpts, run, dist, force) if resuming else (None, None)
     if dist.is_main:
+        if not resuming:
+            _clear_previous_run(run)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
     trackers = TrackerGroup(build_trackers(config, run, dist) if dist.is_main else [])
     metrics_file = MetricsFile(run.metrics)
@@ -164,6 +166,24 @@ def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, for
             "exact resume needs the same world size (use --force to continue anyway)"
         )
     return info.path, state
+
+
+def _clear_previous_run(run: RunDir) -> None:
+    """A fresh run in the directory of an earlier one replaces its results.
+
+    Left in place, the old run's higher-numbered checkpoints would be kept over the new ones by
+    pruning and picked up by a later --resume, and its metrics and event files would mix with the
+    new ones. Only directories that taktstock wrote (they have run.json) are touched.
+    """
+    if not run.info.is_file():
+        return
+    import shutil
+
+    print(f"note: {run.root} held an earlier run; replacing its results (use --resume {run.root} to continue it)", file=sys.stderr)
+    for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (run.metrics, run.model, run.best, run.info):
+        path.unlink(missing_ok=True)
 
 
 def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], resumed: bool) -> None:
