@@ -120,8 +120,8 @@ def test_same_config_and_seed_give_byte_identical_weights(workdir: Path) -> None
     run(workdir, "b", **sections)
     assert (workdir / "a" / "model.safetensors").read_bytes() == (workdir / "b" / "model.safetensors").read_bytes()
     assert (workdir / "a" / "metrics.jsonl").read_bytes() == (workdir / "b" / "metrics.jsonl").read_bytes()
-    # The DataLoader path (per-sample collate) trains exactly like the in-memory path.
-    run(workdir, "loader", train={"epochs": 2}, data={"augment": {"noise_std": 0.05}, "in_memory": "never"})
+    # The DataLoader path (worker process, per-sample collate) trains exactly like the in-memory path.
+    run(workdir, "loader", train={"epochs": 2}, data={"augment": {"noise_std": 0.05}, "in_memory": "never", "num_workers": 1})
     assert (workdir / "a" / "model.safetensors").read_bytes() == (workdir / "loader" / "model.safetensors").read_bytes()
     run(workdir, "other_seed", seed=2, **sections)
     assert (workdir / "a" / "model.safetensors").read_bytes() != (workdir / "other_seed" / "model.safetensors").read_bytes()
@@ -312,3 +312,16 @@ def test_fresh_run_in_an_old_run_directory_replaces_its_results(workdir: Path) -
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"] == 20 == result.steps
     assert max(s for s, _ in records(run_dir, "val/acc")) == 20
     assert not (run_dir / "tensorboard").exists()
+
+
+def test_evaluate_reproduces_the_best_validation_and_runs_without_the_training_accelerator(workdir: Path) -> None:
+    from taktstock.evaluation.evaluate import evaluate
+
+    result, run_dir, _ = run(workdir, train={"epochs": 2, "eval_batch_size": 50})
+    values = evaluate(run_dir, checkpoint="best", split="val", quiet=True)
+    assert values["val/acc"] == pytest.approx(result.best, abs=1e-6)
+    if not torch.cuda.is_available():
+        # A run trained on a GPU (train.device: cuda) can still be evaluated on a CPU-only machine.
+        saved = (run_dir / "config.yaml").read_text()
+        (run_dir / "config.yaml").write_text(saved.replace("device: auto", "device: cuda"))
+        assert evaluate(run_dir, checkpoint="best", split="val", quiet=True) == values

@@ -29,7 +29,11 @@ def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.devi
         raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
     config = load_config(run.config)
     data = prepare(config)
-    device = device or torch.device("cpu")
+    if device is None:
+        try:  # train.device: the GPU when there is one
+            device = components.select_device(config, DistEnv())
+        except ConfigError:  # trained on an accelerator this machine lacks
+            device = torch.device("cpu")
     model = components.build_model_for(config, data, device, DistEnv())[0]
     if weights.is_file():
         components.load_weights(model, weights)
@@ -47,7 +51,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got '{split}'")
     config, data, model = load_trained_model(run, checkpoint)
-    device = torch.device("cpu")
+    device = next(model.parameters()).device
     x, y = data.split(split)
     if len(y) == 0:
         raise ConfigError(f"--split: the {split} split is empty (see data.{split}_fraction)")
