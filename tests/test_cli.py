@@ -98,10 +98,10 @@ def test_evaluate_of_a_directory_that_is_no_run_is_exit_2(tmp_path: Path, capsys
     assert code == 2 and f"not a run directory (no config.yaml): {tmp_path}" in err
 
 
-def test_train_entry_point_with_overrides_and_default_run_directory(tmp_path: Path) -> None:
+def test_train_entry_point_with_overrides_default_run_directory_and_evaluate_without_test_split(tmp_path: Path) -> None:
     path = write_config(tmp_path / "exp.yaml", tiny_config(experiment={"name": "tiny", "output_dir": "out"}))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "exp.yaml", "train.epochs=1", "model.hidden=[16]"],
+        [sys.executable, str(REPO / "train.py"), "exp.yaml", "train.epochs=1", "--evaluate", "model.hidden=[16]", "data.test_fraction=0"],
         cwd=tmp_path,
         env=ONE_THREAD,
         capture_output=True,
@@ -115,4 +115,6 @@ def test_train_entry_point_with_overrides_and_default_run_directory(tmp_path: Pa
     saved = yaml.safe_load((runs[0] / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 1 and saved["model"]["hidden"] == [16]
     assert (runs[0] / "model.safetensors").is_file()
+    # --evaluate without a test split evaluates the validation split.
+    assert json.loads((runs[0] / "eval" / "metrics.json").read_text())["split"] == "val"
     assert path.is_file()

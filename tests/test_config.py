@@ -149,6 +149,7 @@ BAD_CONFIGS = {
     "unknown_model": ({"model": {"name": "transformerx"}}, [], ["model.name", "unknown model 'transformerx'", "mlp"]),
     "unknown_model_argument": ({"model": {"name": "mlp", "hiden": [8]}}, [], ["model.hiden", "no argument 'hiden'", "'hidden'"]),
     "model_argument_wrong_type": ({"model": {"name": "mlp", "hidden": "wide"}}, [], ["model.hidden"]),
+    "unknown_data_source": ({"data": {"source": "mnist"}}, [], ["data.source", "unknown source 'mnist'", "digits"]),
     "unknown_optimizer": ({"optim": {"name": "adamax2"}}, [], ["optim.name", "unknown optimizer 'adamax2'"]),
     "unknown_optimizer_argument": ({"optim": {"name": "adam", "momentum": 0.9}}, [], ["optim.momentum", "no argument 'momentum'"]),
     "invalid_optimizer_value": ({"optim": {"name": "sgd", "momentum": -1}}, [], ["optim", "momentum"]),
@@ -197,11 +198,14 @@ def test_missing_config_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert err == f"error: config file not found: {tmp_path / 'nope.yaml'}\n"
 
 
-def test_top_level_must_be_a_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_or_non_mapping_config_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "exp.yaml"
     path.write_text("- train\n- data\n")
     code, _, err = cli_inprocess(capsys, "config", "show", str(path))
     assert code == 2 and "top level must be a mapping" in err
+    path.write_bytes(b"train:\n  epochs: \xff\xfe\n")  # not UTF-8
+    code, _, err = cli_inprocess(capsys, "config", "show", str(path))
+    assert code == 2 and "cannot read the config file" in err
 
 
 # A few cases through a real subprocess: what the user sees, including the absence of a traceback.

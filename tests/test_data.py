@@ -198,6 +198,9 @@ def test_csv_bad_inputs_are_config_errors(workdir: Path) -> None:
         prepare(make_config(data={"source": "csv", "path": "bad.csv", "target": "label"}))
     with pytest.raises(ConfigError, match=r"data.target: column 'y' not in bad.csv \(columns: a, b, label\)"):
         prepare(make_config(data={"source": "csv", "path": "bad.csv", "target": "y"}))
+    (workdir / "nan.csv").write_text("a,b,label\n1,2,0\n3,nan,1\n4,5,1\n")
+    with pytest.raises(ConfigError, match=r"data.source: 1 samples of csv have NaN/Inf inputs \(rows 1"):
+        prepare(make_config(data={"source": "csv", "path": "nan.csv", "target": "label"}))
     with pytest.raises(ConfigError, match=r"data\.path: required"):
         prepare(make_config(data={"source": "csv", "target": "label"}))
 

@@ -59,7 +59,10 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse a YAML mapping and remember the line of every key path."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml_load(text)
@@ -228,9 +231,11 @@ def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None
 
 
 def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
+    from taktstock.data.sources import check_source_name
     from taktstock.metrics.collection import metric_names
     from taktstock.training.losses import check_loss_name
 
+    check_source_name(config.data.source)
     check_loss_name(config.loss.name)
     loss, task = config.loss.name, config.data.task
     regression_loss = loss in ("mse", "l1", "smooth_l1", "huber")

@@ -156,6 +156,12 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
 def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], features: list[str], fp: str, path: Path) -> PreparedData:
     if len(x) != len(y):
         raise ConfigError(f"data: {len(x)} inputs but {len(y)} targets")
+    # NaN/Inf inputs would surface much later as a "non-finite loss" that blames the learning rate.
+    for what, arr in (("inputs", x), ("targets", y)):
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if np.issubdtype(arr.dtype, np.floating) else np.zeros(len(arr), bool)
+        if bad.any():
+            rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
+            raise ConfigError(f"data.source: {int(bad.sum())} samples of {config.data.source} have NaN/Inf {what} (rows {rows}...)")
     parts = _split_indices(config, y)
     norm = Normalizer.fit(x[parts["train"]], config.data.normalize)
     arrays = {s: (norm.apply(x[parts[s]]), y[parts[s]]) for s in SPLITS}

@@ -46,12 +46,17 @@ def register_source(name: str) -> Callable[[Callable[[Config], RawData]], Callab
     return decorate
 
 
+def check_source_name(name: str) -> None:
+    """Raise `ConfigError` for a source that is neither registered nor an import path."""
+    if not is_import_path(name) and name not in _SOURCES:
+        raise ConfigError(f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class')")
+
+
 def load_source(config: Config) -> RawData:
     name = config.data.source
+    check_source_name(name)
     if is_import_path(name):
         return _user_source(config)
-    if name not in _SOURCES:
-        raise ConfigError(f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class')")
     return _SOURCES[name](config)
 
 
