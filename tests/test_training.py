@@ -293,6 +293,7 @@ def test_without_validation_split_train_loss_can_be_monitored(workdir: Path) -> 
         ({"loss": {"name": "cross_entropy", "class_weights": [1.0, 2.0]}}, "loss.class_weights: 2 weights given, but the data has 10"),
         ({"loss": {"name": "bce_with_logits"}}, "loss.name: bce_with_logits is for binary targets, but the data has 10 classes"),
         ({"train": {"device": "cuda:7" if torch.cuda.is_available() else "cuda"}}, "train.device"),
+        ({"data": {"source": "wine", "augment": {"hflip": True}}}, "data.augment.hflip: needs image inputs"),
     ],
 )
 def test_config_that_does_not_fit_the_data_fails_before_the_run_directory_exists(

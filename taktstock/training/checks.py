@@ -22,6 +22,10 @@ def check_config_fits_data(config: Config, data: PreparedData) -> None:
             f"metrics.monitor: '{monitor}' needs a validation split, but it is empty "
             f"(data.val_fraction={config.data.val_fraction}); set data.val_fraction > 0 or monitor train/loss"
         )
+    aug = config.data.augment
+    for key, active in (("shift", aug.shift > 0), ("hflip", aug.hflip)):
+        if active and len(data.input_shape) < 2:
+            raise ConfigError(f"data.augment.{key}: needs image inputs, but samples of {config.data.source} have shape {data.input_shape}")
     if config.task != "classification":
         return
     n_classes = _n_classes(data)

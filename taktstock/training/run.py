@@ -51,6 +51,8 @@ def train(
     else:
         config = config if isinstance(config, Config) else load_config(config, overrides)
         run = RunDir(Path(run_dir)) if run_dir else RunDir.new(config.experiment.output_dir, config.experiment.name)
+        if run.root.exists() and not run.root.is_dir():
+            raise ConfigError(f"--run-dir: {run.root} exists and is not a directory")
     dist = setup_distributed(config)
     try:
         return _train(config, run, dist, resuming=resume is not None, force=force)
