@@ -224,8 +224,10 @@ def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None
     # Values are checked by the optimizer itself, on a dummy parameter, before any run directory exists.
     import torch
 
+    # Implementation switches depend on the device the run uses, not on this CPU tensor.
+    kwargs = {k: v for k, v in config.optim.kwargs().items() if k not in ("fused", "foreach", "capturable", "differentiable")}
     try:
-        cls([torch.zeros(1, requires_grad=True)], lr=config.optim.lr, weight_decay=config.optim.weight_decay, **config.optim.kwargs())
+        cls([torch.zeros(1, requires_grad=True)], lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{_where(source, lines, 'optim.name')}optim: {cls.__name__} rejects the given arguments ({exc})") from None
 
