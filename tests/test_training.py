@@ -210,8 +210,8 @@ def test_each_scheduler_shapes_the_learning_rate(workdir: Path, name: str) -> No
 def test_cross_entropy_with_label_smoothing_and_class_weights(workdir: Path) -> None:
     weights = [1.0, 2.0, 1.0, 1.0, 0.5, 1.0, 1.0, 3.0, 1.0, 1.0]
     loss = {"name": "cross_entropy", "label_smoothing": 0.1, "class_weights": weights}
-    # One eval batch: the weighted mean is then over the whole split, as F.cross_entropy computes it.
-    _result, run_dir, config = run(workdir, loss=loss, train={"epochs": 1, "eval_batch_size": 1000})
+    # Uneven eval batches (270 = 4 * 64 + 14): the logged loss is still the weighted mean over the whole split.
+    _result, run_dir, config = run(workdir, loss=loss, train={"epochs": 1, "eval_batch_size": 64})
     out, y = outputs_on(config, run_dir / "model.safetensors")
     expected = nn.functional.cross_entropy(out, y, weight=torch.tensor(weights), label_smoothing=0.1)
     assert abs(records(run_dir, "val/loss")[-1][1] - float(expected)) < 1e-5
