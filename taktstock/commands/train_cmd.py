@@ -91,9 +91,16 @@ def train(
     if os.environ.get("TAKTSTOCK_LAUNCHED"):
         return  # started by `taktstock train --nproc-per-node`: the launcher evaluates and reports
     if evaluate:
+        from taktstock.config import load_config
         from taktstock.evaluation.evaluate import evaluate as run_evaluate
 
-        run_evaluate(result.run_dir)
+        data = load_config(result.run_dir / "config.yaml").data
+        # Without a test split (data.test_fraction: 0) the held-out validation split is evaluated.
+        split = "test" if data.test_fraction > 0 else "val" if data.val_fraction > 0 else None
+        if split is None:
+            print("note: --evaluate skipped: no test or validation split (data.test_fraction and data.val_fraction are 0)", file=sys.stderr)
+        else:
+            run_evaluate(result.run_dir, split=split)
     print(f"run directory: {result.run_dir}")
 
 

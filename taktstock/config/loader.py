@@ -5,8 +5,10 @@ Every user mistake becomes a `ConfigError` naming the key path (and the YAML lin
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,24 @@ from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (1e-4, 3E5) as numbers, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where `lr: 1e-4` is the *string* '1e-4': pydantic fields coerce it, but
+    free optimizer/model arguments (optim.eps=1e-8) would reach PyTorch as strings.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text (a file or an override value) with the config loader's rules."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read `path` (or start from defaults), apply `key.path=value` overrides, validate and resolve."""
     raw: dict[str, Any] = {}
@@ -26,9 +46,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw, lines = read_yaml(Path(path))
     config = validate(raw, lines, source=str(path) if path else "defaults")
     if overrides:
-        data = config_to_dict(config)
+        # Overrides go into the raw file content, not the resolved dict: the resolved dict carries the
+        # defaults of the *current* model, which would be invalid arguments after `model.name=cnn`.
+        known, data = config_to_dict(config), copy.deepcopy(raw)
         for item in overrides:
-            apply_override(data, item)
+            apply_override(data, item, known=known)
         config = validate(data, {}, source="command line")
     return config
 
@@ -37,10 +59,13 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse a YAML mapping and remember the line of every key path."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -69,33 +94,40 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override '{item}' must look like key.path=value")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
 
 
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Set one dotted key in the resolved config dict; the key must already exist."""
+# Mappings with free keys (model/optimizer arguments, kwargs, tags, search space): an override may add
+# a key there; validation then checks it against the model constructor or optimizer signature.
+OPEN_MAPPINGS = ("model", "optim", "data.kwargs", "loss.kwargs", "experiment.tags", "tune.space")
+
+
+def apply_override(data: dict[str, Any], item: str, known: dict[str, Any] | None = None) -> None:
+    """Set one dotted key in `data`; the key must exist in `known` (default: `data` itself) or lie in an open mapping."""
     key, value = parse_override(item)
     parts = key.split(".")
+    _check_override_key(item, key, parts, data if known is None else known)
     node: Any = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _check_override_key(item: str, key: str, parts: list[str], known: dict[str, Any]) -> None:
+    node: Any = known
     for i, part in enumerate(parts):
-        is_last = i == len(parts) - 1
+        if ".".join(parts[:i]) in OPEN_MAPPINGS:
+            return
         if not isinstance(node, dict) or part not in node:
             here = ".".join(parts[:i]) or "the top level"
-            options = list(node) if isinstance(node, dict) else []
-            hint = _suggest(part, options)
-            # tune.space is a free mapping of search dimensions.
-            if isinstance(node, dict) and parts[:i] == ["tune", "space"]:
-                node[part] = value if is_last else {}
-                node = node[part]
-                continue
+            hint = _suggest(part, list(node) if isinstance(node, dict) else [])
             raise ConfigError(f"override '{item}': unknown key '{key}' ({part!r} is not in {here}){hint}")
-        if is_last:
-            node[part] = value
-        else:
-            node = node[part]
+        node = node[part]
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -171,7 +203,7 @@ def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
     try:
         resolved = schema.model_validate(config.model.params()).model_dump()
     except ValidationError as exc:
-        msg = format_validation_error(exc, {f"model.{k}": v for k, v in lines.items()}, source, schema, prefix="model.")
+        msg = format_validation_error(exc, lines, source, schema, prefix="model.")
         msg = msg.replace("unknown key", f"{config.model.name} has no argument")
         raise ConfigError(msg) from None
     # Pydantic keeps extras in __pydantic_extra__; replace them with the resolved arguments.
@@ -189,13 +221,29 @@ def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None
                 f"{_where(source, lines, f'optim.{key}')}optim.{key}: {cls.__name__} has no argument '{key}'"
                 + _suggest(key, sorted(accepted))
             )
+    # Values are checked by the optimizer itself, on a dummy parameter, before any run directory exists.
+    import torch
+
+    # Implementation switches depend on the device the run uses, not on this CPU tensor.
+    kwargs = {k: v for k, v in config.optim.kwargs().items() if k not in ("fused", "foreach", "capturable", "differentiable")}
+    try:
+        cls([torch.zeros(1, requires_grad=True)], lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{_where(source, lines, 'optim.name')}optim: {cls.__name__} rejects the given arguments ({exc})") from None
 
 
 def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
+    from taktstock.data.sources import check_source_name
     from taktstock.metrics.collection import metric_names
     from taktstock.training.losses import check_loss_name
 
+    check_source_name(config.data.source)
     check_loss_name(config.loss.name)
+    loss, task = config.loss.name, config.data.task
+    regression_loss = loss in ("mse", "l1", "smooth_l1", "huber")
+    if (task == "classification" and regression_loss) or (task == "regression" and loss in ("cross_entropy", "bce_with_logits")):
+        where = _where(source, lines, "data.task")
+        raise ConfigError(f"{where}data.task: '{task}' does not fit loss.name '{loss}' (use data.task: auto to follow the loss)")
     names = metric_names(config)
     if config.metrics.monitor not in names:
         where = _where(source, lines, "metrics.monitor")

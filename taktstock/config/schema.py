@@ -145,8 +145,22 @@ class TrainConfig(Section):
 
 class MetricsConfig(Section):
     monitor: str = Field("val/loss", description="Metric that decides the best model and early stopping, e.g. val/acc.")
-    mode: Literal["min", "max"] = Field("min", description="Whether a lower or higher monitored value is better.")
+    mode: Literal["min", "max"] = Field(
+        "min",
+        description="Whether a lower or higher monitored value is better; default: max for acc, f1, precision, recall, "
+        "r2, auroc, iou, dice, jaccard metrics, else min.",
+    )
     extra: list[str] = Field(default_factory=list, description="Import paths 'module:Class' of extra torchmetrics Metric classes.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_mode(cls, data: Any) -> Any:
+        # `monitor: val/acc` without a mode must not keep the *worst* model as the best one.
+        if isinstance(data, dict) and data.get("mode") is None:
+            name = str(data.get("monitor", "val/loss")).rpartition("/")[2].lower()
+            higher_is_better = any(k in name for k in ("acc", "f1", "precision", "recall", "r2", "auroc", "iou", "dice", "jaccard"))
+            data = {**data, "mode": "max" if higher_is_better else "min"}
+        return data
 
 
 class CheckpointConfig(Section):

@@ -42,7 +42,7 @@ def augment_batch(x: torch.Tensor, indices: np.ndarray, epoch: int, seed: int, c
     if not is_active(cfg):
         return x
     x = x.clone()
-    if cfg.hflip:
+    if cfg.hflip and x.ndim >= 3:  # images only: reversing a feature vector would scramble its columns
         flip = torch.from_numpy(uniform(seed, epoch, indices, 1, 1)[:, 0] < 0.5)
         if flip.any():
             x[flip] = x[flip].flip(-1)

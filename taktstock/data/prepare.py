@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from taktstock.config.schema import Config
 from taktstock.data.sources import load_source
 from taktstock.errors import ConfigError
 
-PREP_VERSION = 1
+PREP_VERSION = 2  # bump when the split or normalisation algorithm changes: invalidates caches
 SPLITS = ("train", "val", "test")
 
 
@@ -35,6 +36,7 @@ class Normalizer:
         shape = x.shape[1:]
         if kind == "none" or len(x) == 0:
             return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
+        x = x.astype(np.float64)  # float32 sums drift on large splits
         if kind == "standard":
             shift, scale = x.mean(0), x.std(0)
         elif kind == "global":
@@ -129,21 +131,24 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
     idx = np.arange(n)
     d = config.data
     strat = config.task == "classification" and d.stratify
-    holdout = d.val_fraction + d.test_fraction
-    if holdout == 0:
+    # Integer sizes (rounded up, like scikit-learn): 0.2 + 0.1 is 0.30000000000000004 in floating point,
+    # so passing the summed fraction would move a sample from train to the test split.
+    n_val, n_test = (math.ceil(round(n * f, 6)) for f in (d.val_fraction, d.test_fraction))
+    if n_val + n_test == 0:
         return {"train": idx, "val": idx[:0], "test": idx[:0]}
     try:
-        train, rest = train_test_split(idx, test_size=holdout, random_state=config.seed, stratify=y if strat else None)
-        if d.test_fraction == 0:
+        train, rest = train_test_split(idx, test_size=n_val + n_test, random_state=config.seed, stratify=y if strat else None)
+        if n_test == 0:
             return {"train": np.sort(train), "val": np.sort(rest), "test": idx[:0]}
-        if d.val_fraction == 0:
+        if n_val == 0:
             return {"train": np.sort(train), "val": idx[:0], "test": np.sort(rest)}
-        val, test = train_test_split(
-            rest, test_size=d.test_fraction / holdout, random_state=config.seed, stratify=y[rest] if strat else None
-        )
+        val, test = train_test_split(rest, test_size=n_test, random_state=config.seed, stratify=y[rest] if strat else None)
     except ValueError as exc:
+        reason, hint = str(exc).split(". ")[0], ""
+        if strat:
+            hint = "; if the target is a number to predict, use a regression loss (loss.name: mse); else set data.stratify: false"
         raise ConfigError(
-            f"data: cannot split {n} samples with val_fraction={d.val_fraction}, test_fraction={d.test_fraction} ({exc})"
+            f"data: cannot split {n} samples with val_fraction={d.val_fraction}, test_fraction={d.test_fraction} ({reason}){hint}"
         ) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
@@ -151,6 +156,12 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
 def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], features: list[str], fp: str, path: Path) -> PreparedData:
     if len(x) != len(y):
         raise ConfigError(f"data: {len(x)} inputs but {len(y)} targets")
+    # NaN/Inf inputs would surface much later as a "non-finite loss" that blames the learning rate.
+    for what, arr in (("inputs", x), ("targets", y)):
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if np.issubdtype(arr.dtype, np.floating) else np.zeros(len(arr), bool)
+        if bad.any():
+            rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
+            raise ConfigError(f"data.source: {int(bad.sum())} samples of {config.data.source} have NaN/Inf {what} (rows {rows}...)")
     parts = _split_indices(config, y)
     norm = Normalizer.fit(x[parts["train"]], config.data.normalize)
     arrays = {s: (norm.apply(x[parts[s]]), y[parts[s]]) for s in SPLITS}

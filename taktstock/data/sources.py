@@ -46,12 +46,17 @@ def register_source(name: str) -> Callable[[Callable[[Config], RawData]], Callab
     return decorate
 
 
+def check_source_name(name: str) -> None:
+    """Raise `ConfigError` for a source that is neither registered nor an import path."""
+    if not is_import_path(name) and name not in _SOURCES:
+        raise ConfigError(f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class')")
+
+
 def load_source(config: Config) -> RawData:
     name = config.data.source
+    check_source_name(name)
     if is_import_path(name):
         return _user_source(config)
-    if name not in _SOURCES:
-        raise ConfigError(f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class')")
     return _SOURCES[name](config)
 
 
@@ -98,7 +103,7 @@ def load_csv(config: Config) -> RawData:
     """A header row, numeric feature columns and a target column (class labels or numbers)."""
     path = _require_file(config)
     with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+        rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]  # blank lines carry no sample
     if len(rows) < 2:
         raise ConfigError(f"data.path: {path} has no data rows")
     header, body = [h.strip() for h in rows[0]], rows[1:]
@@ -152,10 +157,17 @@ def load_npz(config: Config) -> RawData:
     if xkey is None or ykey not in arrays:
         raise ConfigError(f"data.path: {path} must contain arrays 'x' and '{ykey}' (has {', '.join(arrays.files)})")
     x = arrays[xkey].astype(np.float32)
+    y_raw = arrays[ykey]
+    if y_raw.ndim == 2 and y_raw.shape[1] == 1:  # a column vector of targets
+        y_raw = y_raw[:, 0]
+    if len(y_raw) != len(x):
+        raise ConfigError(f"data.path: {path} has {len(x)} inputs but {len(y_raw)} targets")
     if config.task == "regression":
-        y, classes = arrays[ykey].astype(np.float32), []
+        y, classes = y_raw.astype(np.float32), []
+    elif y_raw.ndim != 1:
+        raise ConfigError(f"data.target: class labels must be one per sample; '{ykey}' in {path} has shape {y_raw.shape}")
     else:
-        y, classes = _targets(arrays[ykey].tolist(), config)
+        y, classes = _targets(y_raw.tolist(), config)
     return RawData(x, y, fingerprint=f"npz:{_file_hash(path)}:{ykey}", class_names=classes)
 
 

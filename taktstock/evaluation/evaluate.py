@@ -24,13 +24,17 @@ def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.devi
     """(config, prepared data, model in eval mode with the chosen weights)."""
     if not run.config.is_file():
         raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
-    config = load_config(run.config)
-    data = prepare(config)
-    device = device or torch.device("cpu")
-    model = components.build_model_for(config, data, device, DistEnv())[0]
     weights = {"best": run.best, "last": run.model}.get(checkpoint)
     if weights is None:
         raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
+    config = load_config(run.config)
+    data = prepare(config)
+    if device is None:
+        try:  # train.device: the GPU when there is one
+            device = components.select_device(config, DistEnv())
+        except ConfigError:  # trained on an accelerator this machine lacks
+            device = torch.device("cpu")
+    model = components.build_model_for(config, data, device, DistEnv())[0]
     if weights.is_file():
         components.load_weights(model, weights)
     elif (run.checkpoints / "last.pt").is_file():  # training interrupted before final weights were written
@@ -47,7 +51,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got '{split}'")
     config, data, model = load_trained_model(run, checkpoint)
-    device = torch.device("cpu")
+    device = next(model.parameters()).device
     x, y = data.split(split)
     if len(y) == 0:
         raise ConfigError(f"--split: the {split} split is empty (see data.{split}_fraction)")

@@ -40,6 +40,7 @@ class EpochMetrics:
     """Loss and task metrics over a whole pass through a split."""
 
     def __init__(self, config: Config, num_outputs: int, device: torch.device, prefix: str = "val") -> None:
+        import torch
         import torchmetrics
         from torchmetrics import classification as C
         from torchmetrics import regression as R
@@ -49,6 +50,10 @@ class EpochMetrics:
         self.prefix = prefix
         self.task = config.task
         self.loss = torchmetrics.MeanMetric().to(device)
+        # A class-weighted cross-entropy batch value is sum(w_y * l) / sum(w_y): averaging batches by
+        # sum(w_y) instead of their size gives exactly the loss over the whole split.
+        weights = config.loss.class_weights if config.loss.name == "cross_entropy" else None
+        self.class_weights = None if weights is None else torch.tensor(weights, dtype=torch.float64, device=device)
         metrics: dict[str, Any]
         if self.task == "classification":
             n = max(num_outputs, 2)
@@ -68,7 +73,8 @@ class EpochMetrics:
         self.metrics = torchmetrics.MetricCollection(metrics).to(device)
 
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        self.loss.update(loss.detach(), weight=target.shape[0])
+        weight = target.shape[0] if self.class_weights is None else self.class_weights[target].sum()
+        self.loss.update(loss.detach(), weight=weight)
         out = output.detach().float()
         if self.task == "classification":
             self.metrics.update(class_scores(out), target)

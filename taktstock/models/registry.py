@@ -65,4 +65,7 @@ def build_model(name: str, params: dict[str, Any], input_shape: tuple[int, ...],
     injected = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
     kwargs = {k: v for k, v in injected.items() if k in sig}
     kwargs.update(params)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. hidden: [0] or a channel count of -1
+        raise ConfigError(f"model: cannot build {name} with {params} ({exc})") from None

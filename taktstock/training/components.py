@@ -32,6 +32,11 @@ def select_device(config: Config, dist: DistEnv) -> torch.device:
             raise ConfigError(f"train.device: '{want}' requested but CUDA is not available (use auto or cpu)")
         if want == "cuda":
             return torch.device(f"cuda:{dist.local_rank}")
+        index, count = want.partition(":")[2], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ConfigError(f"train.device: '{want}' does not exist ({count} CUDA device(s): cuda:0..cuda:{count - 1})")
+    if want == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: 'mps' requested but Apple MPS is not available (use auto or cpu)")
     return torch.device(want)
 
 

@@ -10,6 +10,7 @@ from taktstock.config import config_to_yaml, load_config
 from taktstock.data.loaders import build_train_batches
 from taktstock.data.prepare import prepare
 from taktstock.training import components
+from taktstock.training.checks import check_config_fits_data
 from taktstock.training.distributed import DistEnv
 
 
@@ -18,6 +19,7 @@ def dry_run(config_path: Path | None, overrides: list[str]) -> None:
     print("# resolved config")
     print(config_to_yaml(config))
     data = prepare(config)
+    check_config_fits_data(config, data)
     device = torch.device("cpu")
     model, _ = components.build_model_for(config, data, device, DistEnv())
     params = sum(p.numel() for p in model.parameters())

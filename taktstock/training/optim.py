@@ -36,7 +36,10 @@ def build_optimizer(config: Config, model: nn.Module, device: torch.device) -> t
     # Fused kernels are the fastest path on CUDA; CPU keeps the default (foreach) implementation.
     if device.type == "cuda" and "fused" in params and "fused" not in kwargs:
         kwargs["fused"] = True
-    return cls(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kwargs)
+    try:
+        return cls(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kwargs)
+    except (TypeError, ValueError) as exc:  # torch rejects out-of-range values (momentum=-1, betas=[2, 0])
+        raise ConfigError(f"optim: {cls.__name__} rejects the given arguments ({exc})") from None
 
 
 def build_scheduler(

@@ -21,6 +21,7 @@ from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.factory import build_trackers
 from taktstock.tracking.jsonl import MetricsFile, read_metrics
 from taktstock.training import components
+from taktstock.training.checks import check_config_fits_data
 from taktstock.training.distributed import DistEnv, setup_distributed, teardown_distributed
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.resume import check_resume_compatible
@@ -51,6 +52,8 @@ def train(
     else:
         config = config if isinstance(config, Config) else load_config(config, overrides)
         run = RunDir(Path(run_dir)) if run_dir else RunDir.new(config.experiment.output_dir, config.experiment.name)
+        if run.root.exists() and not run.root.is_dir():
+            raise ConfigError(f"--run-dir: {run.root} exists and is not a directory")
     dist = setup_distributed(config)
     try:
         # Under torchrun every rank must use rank 0's run directory (names carry a timestamp).
@@ -64,10 +67,13 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     device = components.select_device(config, dist)
     seed_everything(config.seed, config.train.deterministic)
     data = prepare(config)
+    check_config_fits_data(config, data)
     model, forward_model = components.build_model_for(config, data, device, dist)
     ckpts = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
     start, ckpt_state = _newest_checkpoint(ckpts, run, dist, force) if resuming else (None, None)
     if dist.is_main:
+        if not resuming:
+            _clear_previous_run(run)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
     trackers = TrackerGroup(build_trackers(config, run, dist) if dist.is_main else [])
     metrics_file = MetricsFile(run.metrics)
@@ -198,6 +204,24 @@ def _freeze_schedule_horizon(trainer: Trainer, ckpt_state: dict[str, Any]) -> No
             f"note: the run now has {now} steps, the '{name}' learning-rate schedule keeps its original horizon of {frozen} steps{beyond}",
             file=sys.stderr,
         )
+
+
+def _clear_previous_run(run: RunDir) -> None:
+    """A fresh run in the directory of an earlier one replaces its results.
+
+    Left in place, the old run's higher-numbered checkpoints would be kept over the new ones by
+    pruning and picked up by a later --resume, and its metrics and event files would mix with the
+    new ones. Only directories that taktstock wrote (they have run.json) are touched.
+    """
+    if not run.info.is_file():
+        return
+    import shutil
+
+    print(f"note: {run.root} held an earlier run; replacing its results (use --resume {run.root} to continue it)", file=sys.stderr)
+    for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (run.metrics, run.model, run.best, run.info):
+        path.unlink(missing_ok=True)
 
 
 def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], resumed: bool) -> None:
