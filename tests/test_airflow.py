@@ -64,3 +64,9 @@ def test_airflow_dags_test_runs_every_task_and_registers_the_model(tmp_path: Pat
 
     version = MlflowClient(f"sqlite:///{db}").get_model_version_by_alias("tiny", "champion")
     assert int(version.version) == promotion["version"] and version.tags["taktstock.run_dir"] == str(run.resolve())
+
+
+def test_airflow_generator_rejects_a_malformed_start_date(workdir: Path) -> None:
+    write_config(workdir / "c.yaml", tiny_config(pipeline={"start_date": "01/02/2026"}))
+    proc = run_cli("pipeline", "airflow", "c.yaml", "--out", "dags", cwd=workdir)
+    assert proc.returncode == 2 and "pipeline.start_date" in proc.stderr and not (workdir / "dags").exists()

@@ -86,3 +86,10 @@ def test_dvc_repro_caches_stages_and_reruns_only_what_a_parameter_change_affects
     show = json.loads(_run([str(DVC), "exp", "show", "--json"], project, env))
     text = json.dumps(show)
     assert "test/acc" in text and "0.005" in text, text[:2000]
+
+
+def test_dvc_generator_refuses_a_config_outside_the_project(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir()
+    write_config(tmp_path / "c.yaml", tiny_config())
+    proc = run_cli("pipeline", "dvc", "../c.yaml", cwd=tmp_path / "project")
+    assert proc.returncode == 2 and "outside" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,6 +8,8 @@ outputs compared with the PyTorch model on a sample batch; a mismatch is an erro
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,16 +44,20 @@ def _onnx(loaded: LoadedRun, x: torch.Tensor, expected: torch.Tensor, path: Path
     import onnxruntime as ort
 
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.onnx.export(
-        loaded.model,
-        (x,),
-        str(tmp),
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        external_data=False,  # one self-contained file
-        verbose=False,
-    )
+    # The exporter logs about optional torchvision ops and deprecations that say nothing about this model.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            loaded.model,
+            (x,),
+            str(tmp),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,  # one self-contained file
+            verbose=False,
+        )
     tmp.replace(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(["y"], {"x": x.numpy().astype(np.float32)})[0]
