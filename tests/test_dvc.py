@@ -51,6 +51,9 @@ def test_dvc_repro_caches_stages_and_reruns_only_what_a_parameter_change_affects
     write_config(project / "tiny.yaml", config)
     env = _env(project)
     _run(["git", "init", "-q"], project, env)
+    # dvc exp commits through its own git backend, which reads the repository's config rather than the environment.
+    _run(["git", "config", "user.name", "taktstock test"], project, env)
+    _run(["git", "config", "user.email", "test@example.com"], project, env)
     _run([str(DVC), "init", "-q"], project, env)
     _run([str(DVC), "config", "core.analytics", "false"], project, env)
     _run([str(DVC), "config", "core.check_update", "false"], project, env)
