@@ -199,3 +199,16 @@ def test_registered_champion_serves_http_predictions(project: Path) -> None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
         log.close()
+
+
+def test_promote_names_an_unknown_promote_metric(project: Path) -> None:
+    import shutil
+
+    import yaml
+
+    shutil.copytree(project / "good", project / "odd", ignore=shutil.ignore_patterns("checkpoints", "export"))
+    config = yaml.safe_load((project / "odd/config.yaml").read_text())
+    config["pipeline"]["promote_metric"] = "test/auroc"
+    (project / "odd/config.yaml").write_text(yaml.safe_dump(config))
+    proc = run_cli("promote", "odd", cwd=project)
+    assert proc.returncode == 2 and "'test/auroc' is not among the test metrics" in proc.stderr and "Traceback" not in proc.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,12 +68,28 @@ def promote(run_dir: str | Path) -> Promotion:
         raise ConfigError(f"pipeline.promote_metric: '{metric}' is not among the test metrics ({', '.join(sorted(metrics))})")
     value = float(metrics[metric])
 
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(config)
+    try:
+        result = _promote(run, config, metric, mode, metrics, value, uri)
+    except MlflowException as exc:
+        raise UserError(f"MLflow ({uri}): {exc.message}") from None
+    run.root.joinpath("promotion.json").write_text(json.dumps(asdict(result) | {"time": time.time()}, indent=2))
+    return result
+
+
+def model_name(config: Any) -> str:
+    """The registered model's name: the experiment name ('/' and ':' are not allowed by MLflow)."""
+    return re.sub(r"[/:]", "-", config.experiment.name)
+
+
+def _promote(run: RunDir, config: Any, metric: str, mode: str, metrics: dict[str, float], value: float, uri: str) -> Promotion:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri(config)
-    name = config.experiment.name
+    name = model_name(config)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = config.logging.mlflow.experiment or name
@@ -95,9 +112,7 @@ def promote(run_dir: str | Path) -> Promotion:
         promoted = champion is None or old is None or better(value, old, mode)
     client.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, str(version))
     client.set_model_version_tag(name, str(version), "taktstock.promoted", str(promoted).lower())
-    result = Promotion(name, version, metric, value, old, promoted, uri)
-    run.root.joinpath("promotion.json").write_text(json.dumps(asdict(result) | {"time": time.time()}, indent=2))
-    return result
+    return Promotion(name, version, metric, value, old, promoted, uri)
 
 
 def _existing_version(client: Any, name: str, digest: str) -> int | None:
