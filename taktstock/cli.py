@@ -17,9 +17,18 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from taktstock.commands import config_cmd, evaluate_cmd, prepare_cmd, train_cmd
+    from taktstock.commands import (
+        config_cmd,
+        evaluate_cmd,
+        export_cmd,
+        pipeline_cmd,
+        predict_cmd,
+        prepare_cmd,
+        promote_cmd,
+        train_cmd,
+    )
 
-    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd):
+    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd, pipeline_cmd, promote_cmd, export_cmd, predict_cmd):
         module.register(app)
 
 

@@ -1,0 +1,25 @@
+"""`taktstock export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(export)
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
+    format: Annotated[str, typer.Option("--format", help="onnx, torchscript or safetensors.")] = "onnx",
+    checkpoint: Annotated[str, typer.Option(help="Weights to export: best or last.")] = "best",
+    out: Annotated[Path | None, typer.Option(help="Output file (default RUN_DIR/export/model.<ext>).")] = None,
+) -> None:
+    """Write a self-contained model (normalisation included: raw features in) and check it against PyTorch."""
+    from taktstock.deploy.export import export as run_export
+
+    path, diff = run_export(run_dir, format, checkpoint, out)
+    print(f"wrote {path} (checked: max difference to PyTorch {diff:.2g})")

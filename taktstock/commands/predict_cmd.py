@@ -1,0 +1,32 @@
+"""`taktstock predict`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(predict)
+
+
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
+    input: Annotated[Path, typer.Argument(help="Raw inputs: a CSV (columns matched by feature name) or an NPZ with array 'x'.")],
+    out: Annotated[Path | None, typer.Option(help="Write predictions to this CSV (default: print).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="Weights: best or last.")] = "best",
+) -> None:
+    """Batch inference with the run's training-time preprocessing; writes class and probabilities (or value)."""
+    from taktstock.deploy.predict import predict as run_predict
+    from taktstock.deploy.predict import to_csv
+
+    header, rows = run_predict(run_dir, input, checkpoint)
+    text = to_csv(header, rows)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)

@@ -1,0 +1,22 @@
+"""`taktstock promote`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(promote)
+
+
+def promote(run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")]) -> None:
+    """Register the run's best model in MLflow; it becomes `champion` only if its test metric beats the current one."""
+    from taktstock.pipelines.promote import promote as run_promote
+
+    r = run_promote(run_dir)
+    before = "no champion yet" if r.champion_value is None else f"champion {r.champion_value:.6g}"
+    verdict = "promoted to champion" if r.promoted else "kept as challenger (not better)"
+    print(f"{r.model} version {r.version}: {r.metric} = {r.value:.6g} ({before}) -> {verdict}")

@@ -1,0 +1,1 @@
+"""Deployment: a self-contained inference module (training preprocessing + model), export and batch prediction."""

@@ -1,0 +1,102 @@
+"""The inference model of a run: raw features in, probabilities (or regression values) out.
+
+The training-time normalisation is read from RUN_DIR/preprocessing.json (never refitted) and baked into the
+module as buffers, so every exported or registered form of the model takes raw, flat feature rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from taktstock.config.loader import load_config
+from taktstock.config.schema import Config
+from taktstock.errors import ConfigError
+from taktstock.run_dir import RunDir
+
+
+class InferenceModel(nn.Module):
+    """[batch, features] raw inputs -> reshape to the training input shape -> normalise -> model -> outputs."""
+
+    def __init__(self, model: nn.Module, shift: torch.Tensor, scale: torch.Tensor, input_shape: tuple[int, ...], output: str) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("shift", shift.reshape(input_shape).float())
+        self.register_buffer("scale", scale.reshape(input_shape).float())
+        self.input_shape = tuple(input_shape)
+        self.output = output  # "softmax", "sigmoid" or "identity"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape((-1, *self.input_shape))
+        y = self.model((x - self.shift) / self.scale)
+        if self.output == "softmax":
+            return torch.softmax(y, dim=-1)
+        if self.output == "sigmoid":
+            return torch.sigmoid(y)
+        return y
+
+
+@dataclass
+class LoadedRun:
+    config: Config
+    preprocessing: dict[str, Any]
+    model: InferenceModel
+
+    @property
+    def num_features(self) -> int:
+        return math.prod(self.preprocessing["input_shape"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.preprocessing.get("class_names") or [])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.preprocessing.get("feature_names") or [])
+
+    def sample_inputs(self, n: int = 16, seed: int = 0) -> torch.Tensor:
+        """Raw-scale inputs around the training distribution (shift + scale * noise) for export checks."""
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, *self.model.input_shape), generator=g)
+        return (self.model.shift + self.model.scale * noise).reshape(n, -1)
+
+
+def weights_path(run: RunDir, checkpoint: str) -> Path:
+    weights = {"best": run.best, "last": run.model}.get(checkpoint)
+    if weights is None:
+        raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
+    if not weights.is_file():
+        raise ConfigError(f"{run.root} has no trained weights ({weights.name} missing; has training finished?)")
+    return weights
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
+    """Build the inference model of a run from its config, preprocessing.json and weights (no data needed)."""
+    from taktstock.models.registry import build_model
+    from taktstock.training.components import load_weights
+
+    run = RunDir(Path(run_dir))
+    if not run.config.is_file():
+        raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
+    if not run.preprocessing.is_file():
+        raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
+    config = load_config(run.config)
+    prep = json.loads(run.preprocessing.read_text())
+    shape = tuple(prep["input_shape"])
+    net = build_model(config.model.name, config.model.params(), shape, prep["num_outputs"])
+    load_weights(net, weights_path(run, checkpoint))
+    if config.task == "regression":
+        output = "identity"
+    else:
+        output = "sigmoid" if prep["num_outputs"] == 1 else "softmax"
+    norm = prep["normalizer"]
+    shift = torch.tensor(norm["shift"], dtype=torch.float32)
+    scale = torch.tensor(norm["scale"], dtype=torch.float32)
+    model = InferenceModel(net, shift, scale, shape, output).eval()
+    return LoadedRun(config, prep, model)

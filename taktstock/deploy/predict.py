@@ -1,0 +1,97 @@
+"""`taktstock predict`: batch inference on a CSV or NPZ file with the run's stored preprocessing.
+
+Inputs are raw feature rows (as in the training source); the normalisation fitted at training time is read
+from RUN_DIR/preprocessing.json and applied inside the model, never refitted on the new data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taktstock.deploy.model import LoadedRun, load_run
+from taktstock.errors import UserError
+
+
+def read_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
+    """Raw inputs as a float32 [rows, features] array."""
+    if not path.is_file():
+        raise UserError(f"input file not found: {path}")
+    if path.suffix == ".npz":
+        x = _read_npz(path)
+    elif path.suffix == ".csv":
+        x = _read_csv(path, loaded)
+    else:
+        raise UserError(f"{path}: expected a .csv or .npz file")
+    x = x.reshape(len(x), -1)
+    if x.shape[1] != loaded.num_features:
+        raise UserError(f"{path}: rows have {x.shape[1]} values, the model expects {loaded.num_features}")
+    return x
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.keys())
+        if "x" in keys:
+            key = "x"
+        elif len(keys) == 1:
+            key = keys[0]
+        else:
+            raise UserError(f"{path}: expected an array named 'x' (found {', '.join(keys)})")
+        return z[key].astype(np.float32)
+
+
+def _read_csv(path: Path, loaded: LoadedRun) -> np.ndarray:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise UserError(f"{path}: empty file")
+    header, body = rows[0], rows[1:]
+    names = loaded.feature_names
+    if names:
+        # Columns are matched by name, so order and extra columns (ids, targets) do not matter.
+        missing = [n for n in names if n not in header]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise UserError(f"{path}: missing feature column(s) {shown} (the model was trained on {len(names)} named features)")
+        index = [header.index(n) for n in names]
+    else:
+        index = list(range(len(header)))
+    try:
+        return np.array([[float(row[i]) for i in index] for row in body], dtype=np.float32).reshape(len(body), len(index))
+    except (ValueError, IndexError) as exc:
+        raise UserError(f"{path}: non-numeric or missing value ({exc})") from None
+
+
+def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024) -> tuple[list[str], list[list]]:
+    """(CSV header, rows): the predicted class name and per-class probabilities, or the predicted value."""
+    loaded = load_run(run_dir, checkpoint)
+    x = torch.from_numpy(read_inputs(Path(input_path), loaded))
+    with torch.no_grad():
+        out = torch.cat([loaded.model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+    if loaded.config.task == "regression":
+        values = out.reshape(len(x), -1)
+        header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
+        return header, values.tolist()
+    classes = loaded.class_names
+    if loaded.model.output == "sigmoid":  # one logit: probability of the positive class
+        p1 = out.reshape(-1)
+        probs = torch.stack([1 - p1, p1], dim=1)
+    else:
+        probs = out
+    names = classes if len(classes) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+    labels = probs.argmax(dim=1).tolist()
+    rows = [[names[k], *p] for k, p in zip(labels, probs.tolist(), strict=True)]
+    return ["prediction", *(f"prob_{n}" for n in names)], rows
+
+
+def to_csv(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Pipelines around the CLI: DVC stage graphs, Airflow DAGs and model promotion."""
