@@ -109,6 +109,7 @@ def validate(raw: dict[str, Any], lines: dict[str, int], source: str) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, lines, source, Config)) from None
+    _import_plugins(config)
     _resolve_model(config, lines, source)
     _check_optimizer(config, lines, source)
     _check_names(config, lines, source)
@@ -146,6 +147,16 @@ def _fields_at(root: type[BaseModel] | None, dotted: str) -> list[str]:
 def _where(source: str, lines: dict[str, int], loc: str) -> str:
     line = lines.get(loc)
     return f"{source}:{line}: " if line else (f"{source}: " if source != "command line" else "")
+
+
+def _import_plugins(config: Config) -> None:
+    """Import the user's plugin modules first: their registrations must exist before names are resolved."""
+    from taktstock.utils.imports import import_module
+
+    for i, module in enumerate(config.plugins):
+        if ":" in module or not module.strip():
+            raise ConfigError(f"plugins[{i}]: '{module}' must be a module name like models.my_net (no ':Attr')")
+        import_module(module, f"plugins[{i}]")
 
 
 def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
