@@ -182,7 +182,7 @@ def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
     try:
         resolved = schema.model_validate(config.model.params()).model_dump()
     except ValidationError as exc:
-        msg = format_validation_error(exc, {f"model.{k}": v for k, v in lines.items()}, source, schema, prefix="model.")
+        msg = format_validation_error(exc, lines, source, schema, prefix="model.")  # lines are keyed by full paths
         msg = msg.replace("unknown key", f"{config.model.name} has no argument")
         raise ConfigError(msg) from None
     # Pydantic keeps extras in __pydantic_extra__; replace them with the resolved arguments.
