@@ -301,7 +301,7 @@ def test_extension_mistakes_are_config_errors(workdir: Path) -> None:
         config("plugins=[nope]")
     with pytest.raises(ConfigError, match=r"plugins\[0\]: .* must be a module name"):
         config("plugins=['broken.code:DictItems']")
-    with pytest.raises(ConfigError, match="unknown model 'tiny_net'.*plugins"):
+    with pytest.raises(ConfigError, match=r"unknown model 'tiny_net'.*plugins"):
         config("model.name=tiny_net")
     bad_model = tiny_config()
     bad_model["model"]["depth"] = 3
@@ -309,7 +309,7 @@ def test_extension_mistakes_are_config_errors(workdir: Path) -> None:
         load_config(write_config(workdir / "bad_model.yaml", bad_model))
     with pytest.raises(ConfigError, match=r"must be \(inputs, target\) pairs, got dict"):
         train(config("data.source=broken.code:DictItems"), run_dir=workdir / "r1")
-    with pytest.raises(ConfigError, match="metrics.extra: broken.code:NotAMetric is not a torchmetrics.Metric"):
+    with pytest.raises(ConfigError, match=r"metrics\.extra: broken\.code:NotAMetric is not a torchmetrics\.Metric"):
         train(config("metrics.extra=['broken.code:NotAMetric']"), run_dir=workdir / "r2")
     with pytest.raises(
         ConfigError, match=r"train.step_fn: a step must return the loss tensor or \(loss, outputs, targets\); got a tuple of 2"
