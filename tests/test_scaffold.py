@@ -30,6 +30,12 @@ def test_new_project_trains_evaluates_and_passes_its_own_tests(tmp_path: Path, e
     requirements = (project / "requirements.txt").read_text()
     assert "torch==2.13.0" in requirements and "taktstock>=" in requirements
 
+    if example == "tabular":
+        # The CLI run from the project directory imports the project's top-level `data` and `models` packages.
+        dry = run_cli("train", "config.yaml", "--dry-run", cwd=project, check=True).stdout
+        assert "# model: models.net:TabularNet" in dry and "batch: ((32, 13) float32, (32,) int64)" in dry
+        assert not (project / "experiments" / "runs").exists()
+
     # Started from elsewhere: train.py and evaluate.py work relative to the project, not the caller.
     _python(str(project / "train.py"), "logging.tensorboard=false", *FAST[example], cwd=tmp_path)
     runs = sorted((project / "experiments" / "runs").iterdir())
