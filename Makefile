@@ -8,7 +8,7 @@ export WANDB_MODE := offline
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: train test lint format venv dev clean help
+.PHONY: train test lint format venv dev clean help docs
 
 help:
 	@echo "make train   set up .venv, train and evaluate the default experiment (config.yaml)"
@@ -52,6 +52,10 @@ format: $(VENV)/.dev
 
 test: lint $(AIRFLOW_VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# Regenerate the config reference after changing config/schema.py (a test fails when it is stale).
+docs: $(VENV)/.runtime
+	$(BIN)/taktstock config docs --out docs/config.md
 
 clean:
 	rm -rf experiments/runs experiments/sweeps data/prepared

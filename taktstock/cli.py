@@ -21,6 +21,7 @@ def _register() -> None:
         config_cmd,
         evaluate_cmd,
         export_cmd,
+        new_cmd,
         pipeline_cmd,
         predict_cmd,
         prepare_cmd,
@@ -28,7 +29,7 @@ def _register() -> None:
         train_cmd,
     )
 
-    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd, pipeline_cmd, promote_cmd, export_cmd, predict_cmd):
+    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd, new_cmd, pipeline_cmd, promote_cmd, export_cmd, predict_cmd):
         module.register(app)
 
 

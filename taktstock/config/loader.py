@@ -141,6 +141,7 @@ def validate(raw: dict[str, Any], lines: dict[str, int], source: str) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, lines, source, Config)) from None
+    _import_plugins(config)
     _resolve_model(config, lines, source)
     _check_optimizer(config, lines, source)
     _check_names(config, lines, source)
@@ -180,6 +181,16 @@ def _where(source: str, lines: dict[str, int], loc: str) -> str:
     return f"{source}:{line}: " if line else (f"{source}: " if source != "command line" else "")
 
 
+def _import_plugins(config: Config) -> None:
+    """Import the user's plugin modules first: their registrations must exist before names are resolved."""
+    from taktstock.utils.imports import import_module
+
+    for i, module in enumerate(config.plugins):
+        if ":" in module or not module.strip():
+            raise ConfigError(f"plugins[{i}]: '{module}' must be a module name like models.my_net (no ':Attr')")
+        import_module(module, f"plugins[{i}]")
+
+
 def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
     """Check model arguments against the model's constructor and fill in its defaults."""
     from taktstock.models.registry import constructor_params, get_model_class
@@ -203,7 +214,7 @@ def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
     try:
         resolved = schema.model_validate(config.model.params()).model_dump()
     except ValidationError as exc:
-        msg = format_validation_error(exc, lines, source, schema, prefix="model.")
+        msg = format_validation_error(exc, lines, source, schema, prefix="model.")  # lines are keyed by full paths
         msg = msg.replace("unknown key", f"{config.model.name} has no argument")
         raise ConfigError(msg) from None
     # Pydantic keeps extras in __pydantic_extra__; replace them with the resolved arguments.

@@ -242,6 +242,11 @@ class Config(Section):
     """A whole experiment."""
 
     experiment: ExperimentConfig = Field(default_factory=lambda: ExperimentConfig(), description="Naming and output location.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Modules of your project imported before the config is resolved, e.g. models.my_net, "
+        "so their @register_model/@register_source decorators run.",
+    )
     seed: int = Field(0, ge=0, description="Seed for splits, initialisation, shuffling, dropout and augmentation.")
     data: DataConfig = Field(default_factory=lambda: DataConfig(), description="Data source, split, preprocessing and loading.")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(), description="Model name, initialisation and constructor arguments.")

@@ -49,7 +49,10 @@ def register_source(name: str) -> Callable[[Callable[[Config], RawData]], Callab
 def check_source_name(name: str) -> None:
     """Raise `ConfigError` for a source that is neither registered nor an import path."""
     if not is_import_path(name) and name not in _SOURCES:
-        raise ConfigError(f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class')")
+        raise ConfigError(
+            f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class'; "
+            "a source registered with @register_source needs its module listed under plugins)"
+        )
 
 
 def load_source(config: Config) -> RawData:
@@ -203,15 +206,32 @@ def _user_source(config: Config) -> RawData:
     if isinstance(produced, tuple) and len(produced) == 2:
         x, y = (np.asarray(a) for a in produced)
     else:
+        if not hasattr(produced, "__len__") or not hasattr(produced, "__getitem__"):
+            raise ConfigError(f"data.source: {config.data.source} must be a Dataset (len + indexing) or return (x, y) arrays")
         items = [produced[i] for i in range(len(produced))]
-        x = np.stack([np.asarray(a) for a, _ in items])
+        bad = next((item for item in items if not (isinstance(item, (tuple, list)) and len(item) == 2)), None)
+        if bad is not None:
+            # Dict samples would be unpacked into their keys: say what is expected instead.
+            raise ConfigError(
+                f"data.source: items of {config.data.source} must be (inputs, target) pairs, got {type(bad).__name__}; "
+                "pack several inputs into one array and split them in a custom train.step_fn (see docs/custom-code.md)"
+            )
+        try:
+            x = np.stack([np.asarray(a) for a, _ in items])
+        except ValueError as exc:
+            raise ConfigError(f"data.source: inputs of {config.data.source} must all have the same shape ({exc})") from None
         y = np.asarray([np.asarray(b) for _, b in items])
     try:
         code = inspect.getsource(obj)
     except (OSError, TypeError):
         code = ""
     fingerprint_fn = getattr(produced, "fingerprint", None)
-    extra = fingerprint_fn() if callable(fingerprint_fn) else hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+    if callable(fingerprint_fn):
+        extra = str(fingerprint_fn())
+    else:  # content hash of inputs and targets: relabelled data must not reuse a stale cache
+        h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+        h.update(np.ascontiguousarray(y).tobytes())
+        extra = h.hexdigest()
     fp = f"user:{config.data.source}:{json.dumps(config.data.kwargs, sort_keys=True, default=str)}:{hashlib.sha256(code.encode()).hexdigest()}:{extra}"
     classes = [str(c) for c in getattr(produced, "classes", [])]
     if config.task == "regression":

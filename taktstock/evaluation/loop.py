@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from taktstock.metrics.collection import EpochMetrics
-from taktstock.training.step import StepFn, normalize_step_output, to_device
+from taktstock.training.step import StepFn, batch_size_of, normalize_step_output, to_device
 
 
 def run_eval(
@@ -36,5 +36,7 @@ def run_eval(
                 metrics.update(out, target, loss)
                 if collect is not None:
                     collect.append((out.detach().float().cpu(), target.cpu()))
+            else:
+                metrics.update_loss(loss, batch_size_of(batch))
     model.train(was_training)
     return metrics.compute()

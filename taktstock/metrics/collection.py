@@ -45,8 +45,6 @@ class EpochMetrics:
         from torchmetrics import classification as C
         from torchmetrics import regression as R
 
-        from taktstock.utils.imports import import_object
-
         self.prefix = prefix
         self.task = config.task
         self.loss = torchmetrics.MeanMetric().to(device)
@@ -69,8 +67,9 @@ class EpochMetrics:
             self.num_classes = 0
             metrics = {"mse": R.MeanSquaredError(), "mae": R.MeanAbsoluteError(), "r2": R.R2Score()}
         for path in config.metrics.extra:
-            metrics[path.rpartition(":")[2].lower()] = import_object(path, "metrics.extra")()
+            metrics[path.rpartition(":")[2].lower()] = build_extra_metric(path, self.task, self.num_classes)
         self.metrics = torchmetrics.MetricCollection(metrics).to(device)
+        self._task_updates = 0
 
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         weight = target.shape[0] if self.class_weights is None else self.class_weights[target].sum()
@@ -80,11 +79,47 @@ class EpochMetrics:
             self.metrics.update(class_scores(out), target)
         else:
             self.metrics.update(out.reshape(target.shape), target.float())
+        self._task_updates += 1
+
+    def update_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """A custom step that returns only the loss: the split's loss is still tracked."""
+        self.loss.update(loss.detach(), weight=batch_size)
 
     def compute(self) -> dict[str, float]:
-        values = {"loss": self.loss.compute()} | dict(self.metrics.compute())
+        values = {"loss": self.loss.compute()}
+        if self._task_updates:  # no outputs/targets seen (loss-only custom step): no task metrics
+            values |= dict(self.metrics.compute())
         return {f"{self.prefix}/{k}": float(v) for k, v in values.items()}
 
     def reset(self) -> None:
         self.loss.reset()
         self.metrics.reset()
+        self._task_updates = 0
+
+
+def build_extra_metric(path: str, task: str, num_classes: int) -> Any:
+    """Instantiate a user/torchmetrics Metric class; `num_classes` (and `task`) are passed when it accepts them."""
+    import inspect
+
+    import torchmetrics
+
+    from taktstock.errors import ConfigError
+    from taktstock.utils.imports import import_object
+
+    cls = import_object(path, "metrics.extra")
+    try:
+        accepted = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    kwargs: dict[str, Any] = {}
+    if task == "classification" and "num_classes" in accepted:
+        kwargs["num_classes"] = num_classes
+    if task == "classification" and "task" in accepted:  # torchmetrics' task wrappers, e.g. torchmetrics:AUROC
+        kwargs["task"] = "multiclass"
+    try:
+        metric = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"metrics.extra: cannot construct {path} ({exc})") from None
+    if not isinstance(metric, torchmetrics.Metric):
+        raise ConfigError(f"metrics.extra: {path} is not a torchmetrics.Metric subclass")
+    return metric

@@ -45,7 +45,10 @@ def get_model_class(name: str) -> type[nn.Module]:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ConfigError(f"model.name: unknown model '{name}' (choose from {', '.join(sorted(_MODELS))} or use 'module:Class')") from None
+        raise ConfigError(
+            f"model.name: unknown model '{name}' (choose from {', '.join(sorted(_MODELS))} or use 'module:Class'; "
+            "a model registered with @register_model needs its module listed under plugins)"
+        ) from None
 
 
 def constructor_params(cls: type) -> dict[str, inspect.Parameter]:

@@ -40,6 +40,11 @@ def normalize_step_output(result: Any, batch: Any) -> tuple[torch.Tensor, torch.
     """A custom step may return just the loss, or (loss, outputs, targets) to feed the metrics."""
     if isinstance(result, torch.Tensor):
         return result, None, None
+    if not (isinstance(result, (tuple, list)) and len(result) == 3 and isinstance(result[0], torch.Tensor)):
+        from taktstock.errors import ConfigError
+
+        got = f"a {type(result).__name__} of {len(result)}" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise ConfigError(f"train.step_fn: a step must return the loss tensor or (loss, outputs, targets); got {got}")
     loss, out, target = result
     return loss, out, target
 

@@ -15,18 +15,23 @@ def is_import_path(name: str) -> bool:
     return ":" in name
 
 
-def import_object(path: str, key: str) -> Any:
-    """Import 'module:attr' with the working directory importable, as users run from their project root."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"{key}: '{path}' is not an import path of the form 'module:Name'")
+def import_module(module_name: str, key: str) -> Any:
+    """Import a user module with the working directory importable, as users run from their project root."""
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"{key}: cannot import module '{module_name}' ({exc})") from None
+
+
+def import_object(path: str, key: str) -> Any:
+    """Import 'module:attr' (attr may be dotted) with the working directory importable."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{key}: '{path}' is not an import path of the form 'module:Name'")
+    module = import_module(module_name, key)
     try:
         obj = module
         for part in attr.split("."):

@@ -1,0 +1,1 @@
+"""This project's model classes (config.yaml: model.name: models.net:ClassName)."""

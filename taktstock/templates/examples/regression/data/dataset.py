@@ -1,0 +1,49 @@
+"""The dataset taktstock trains on (config.yaml: data.source: data.dataset:DiabetesDataset).
+
+taktstock calls `DiabetesDataset(**data.kwargs)`, reads every item as a `(features, target)` pair,
+then splits, normalises the features (fitted on the training split only) and caches the arrays.
+taktstock does not rescale regression targets, so the dataset brings them to order one
+(`target_scale`); R2 is unaffected, MSE/MAE are reported in the scaled unit.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from data import preprocess
+
+
+class DiabetesDataset(Dataset):
+    """Rows of the diabetes CSV: 10 measurements -> disease progression / target_scale."""
+
+    def __init__(self, path: str | None = None, target_scale: float = 100.0, one_hot_sex: bool = True) -> None:
+        csv_path = Path(path) if path else preprocess.CSV_PATH
+        if not csv_path.is_file():
+            if path:
+                raise FileNotFoundError(f"{csv_path} not found (run python -m data.preprocess)")
+            preprocess.write_csv(csv_path)  # first use: build the default CSV
+        if target_scale <= 0:
+            raise ValueError(f"target_scale must be positive, got {target_scale}")
+        with csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        names = [k for k in rows[0] if k != preprocess.TARGET]
+        x = np.array([[float(r[k]) for k in names] for r in rows], dtype=np.float32)
+        if one_hot_sex and "sex" in names:  # a category coded 1/2 is clearer as two indicator columns
+            col = names.index("sex")
+            codes = sorted(set(x[:, col].tolist()))
+            onehot = (x[:, col : col + 1] == np.array(codes, dtype=np.float32)).astype(np.float32)
+            x = np.concatenate([np.delete(x, col, axis=1), onehot], axis=1)
+            names = [n for n in names if n != "sex"] + [f"sex={c:g}" for c in codes]
+        self.feature_names = names
+        self.x = x
+        self.y = np.array([float(r[preprocess.TARGET]) for r in rows], dtype=np.float32) / np.float32(target_scale)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.float32]:
+        return self.x[index], self.y[index]

@@ -1,0 +1,47 @@
+"""The dataset taktstock trains on (config.yaml: data.source: data.dataset:WineDataset).
+
+taktstock calls `WineDataset(**data.kwargs)`, reads every item as a `(features, target)` pair,
+then splits, normalises (fitted on the training split only) and caches the arrays itself.
+`classes` names the class ids for reports and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from data import preprocess
+
+
+class WineDataset(Dataset):
+    """Rows of the wine CSV: 13 features (some log-transformed) -> cultivar id."""
+
+    def __init__(self, path: str | None = None, log_features: list[str] | None = None) -> None:
+        csv_path = Path(path) if path else preprocess.CSV_PATH
+        if not csv_path.is_file():
+            if path:
+                raise FileNotFoundError(f"{csv_path} not found (run python -m data.preprocess)")
+            preprocess.write_csv(csv_path)  # first use: build the default CSV
+        with csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.feature_names = [k for k in rows[0] if k != preprocess.TARGET]
+        x = np.array([[float(r[k]) for k in self.feature_names] for r in rows], dtype=np.float32)
+        # Skewed, positive measurements are easier to learn on a log scale.
+        for name in log_features or []:
+            if name not in self.feature_names:
+                raise ValueError(f"log_features: unknown column '{name}' (columns: {', '.join(self.feature_names)})")
+            col = self.feature_names.index(name)
+            x[:, col] = np.log1p(np.clip(x[:, col], 0.0, None))
+        labels = [r[preprocess.TARGET] for r in rows]
+        self.classes = sorted(set(labels))
+        self.x = x
+        self.y = np.array([self.classes.index(v) for v in labels], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.int64]:
+        return self.x[index], self.y[index]

@@ -1,0 +1,1 @@
+"""Project helpers (run lookup, callbacks, ...)."""
