@@ -37,23 +37,32 @@ def class_scores(output: torch.Tensor) -> torch.Tensor:
 
 
 class EpochMetrics:
-    """Loss and task metrics over a whole pass through a split."""
+    """Loss and task metrics over a whole pass through a split.
+
+    The torchmetrics objects are built on first use: importing torchmetrics (with scipy and
+    matplotlib behind it) costs ~0.6 s, which would otherwise delay the first training step.
+    User metric classes (metrics.extra) are resolved here, so a bad import path fails at start.
+    """
 
     def __init__(self, config: Config, num_outputs: int, device: torch.device, prefix: str = "val") -> None:
-        import torchmetrics
-        from torchmetrics import classification as C
-        from torchmetrics import regression as R
-
         from taktstock.utils.imports import import_object
 
         self.prefix = prefix
         self.task = config.task
-        self.loss = torchmetrics.MeanMetric().to(device)
+        self.device = device
+        self.num_classes = max(num_outputs, 2) if self.task == "classification" else 0
+        self._extra = {path.rpartition(":")[2].lower(): import_object(path, "metrics.extra") for path in config.metrics.extra}
+        self._built = False
+
+    def _build(self) -> None:
+        import torchmetrics
+        from torchmetrics import classification as C
+        from torchmetrics import regression as R
+
+        self.loss = torchmetrics.MeanMetric().to(self.device)
         metrics: dict[str, Any]
         if self.task == "classification":
-            n = max(num_outputs, 2)
-            self.num_classes = n
-            common = {"num_classes": n, "validate_args": False}
+            common = {"num_classes": self.num_classes, "validate_args": False}
             metrics = {
                 "acc": C.MulticlassAccuracy(average="micro", **common),
                 "f1": C.MulticlassF1Score(average="macro", **common),
@@ -61,13 +70,15 @@ class EpochMetrics:
                 "recall": C.MulticlassRecall(average="macro", **common),
             }
         else:
-            self.num_classes = 0
             metrics = {"mse": R.MeanSquaredError(), "mae": R.MeanAbsoluteError(), "r2": R.R2Score()}
-        for path in config.metrics.extra:
-            metrics[path.rpartition(":")[2].lower()] = import_object(path, "metrics.extra")()
-        self.metrics = torchmetrics.MetricCollection(metrics).to(device)
+        for name, cls in self._extra.items():
+            metrics[name] = cls()
+        self.metrics = torchmetrics.MetricCollection(metrics).to(self.device)
+        self._built = True
 
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        if not self._built:
+            self._build()
         self.loss.update(loss.detach(), weight=target.shape[0])
         out = output.detach().float()
         if self.task == "classification":
@@ -76,9 +87,13 @@ class EpochMetrics:
             self.metrics.update(out.reshape(target.shape), target.float())
 
     def compute(self) -> dict[str, float]:
+        if not self._built:
+            self._build()
         values = {"loss": self.loss.compute()} | dict(self.metrics.compute())
         return {f"{self.prefix}/{k}": float(v) for k, v in values.items()}
 
     def reset(self) -> None:
+        if not self._built:
+            self._build()
         self.loss.reset()
         self.metrics.reset()

@@ -59,7 +59,7 @@ def train(
 
 def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool) -> RunResult:
     device = components.select_device(config, dist)
-    seed_everything(config.seed, config.train.deterministic)
+    seed_everything(config.seed, config.train.deterministic, config.train.compile)
     data = prepare(config)
     model, forward_model = components.build_model_for(config, data, device, dist)
     ckpts = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
