@@ -53,21 +53,27 @@ def resnet_workload(opts: Options) -> Workload:
     )
 
 
-def contenders(name: str, w: Workload) -> dict[str, Callable[[], tuple[float, int]]]:
-    """Every contender of a workload by name; Lightning/Accelerate only for mlp and only when installed."""
-    table: dict[str, Callable[[], tuple[float, int]]] = {
-        BASELINE: HandWritten(w, in_memory=False),
-        "hand-written in-memory": HandWritten(w, in_memory=True),
-        "taktstock DataLoader": lambda: taktstock_run(w, "never", "dl"),
-        "taktstock in-memory": lambda: taktstock_run(w, "always", "mem"),
-        "taktstock DataLoader, default checkpointing": lambda: taktstock_run(w, "never", "dl-ckpt", defaults=True),
+def contenders(name: str, w: Workload, only: str | None = None) -> dict[str, Callable[[], tuple[float, int]]]:
+    """Every contender of a workload by name (built lazily: `only` builds just one, for a fresh-process run).
+    Lightning/Accelerate only for mlp and only when installed."""
+    factories: dict[str, Callable[[], Callable[[], tuple[float, int]]]] = {
+        BASELINE: lambda: HandWritten(w, in_memory=False),
+        "hand-written in-memory": lambda: HandWritten(w, in_memory=True),
+        "taktstock DataLoader": lambda: lambda: taktstock_run(w, "never", "dl"),
+        "taktstock in-memory": lambda: lambda: taktstock_run(w, "always", "mem"),
+        "taktstock DataLoader, default checkpointing": lambda: lambda: taktstock_run(w, "never", "dl-ckpt", defaults=True),
     }
     if name == "mlp":
-        for label, cls in (("lightning", LightningRun), ("accelerate", AccelerateRun)):
-            try:
-                table[label] = cls(w)
-            except ImportError:
-                print(f"({label} not installed: skipped; see requirements-bench.txt)", file=sys.stderr)
+        factories["lightning"] = lambda: LightningRun(w)
+        factories["accelerate"] = lambda: AccelerateRun(w)
+    table = {}
+    for label, make in factories.items():
+        if only is not None and label != only:
+            continue
+        try:
+            table[label] = make()
+        except ImportError:
+            print(f"({label} not installed: skipped; see requirements-bench.txt)", file=sys.stderr)
     return table
 
 
@@ -93,7 +99,7 @@ def memory_child(name: str, contender: str, opts: Options) -> dict[str, Any]:
     import torch
 
     w = workload(name, opts)
-    fn = contenders(name, w)[contender]
+    fn = contenders(name, w, only=contender)[contender]
     if opts.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     fn()
@@ -108,7 +114,7 @@ def run_memory(opts: Options, names: tuple[str, ...] = ("mlp", "resnet")) -> lis
     for name in names:
         w = workload(name, opts)
         w.arrays()
-        labels = [c for c in contenders(name, w) if c not in ("lightning", "accelerate")]
+        labels = [BASELINE, "hand-written in-memory", "taktstock DataLoader", "taktstock in-memory"]
         samples: dict[str, list[dict[str, Any]]] = {c: [] for c in labels}
         for _ in range(2 if opts.quick else 3):  # interleaved, fresh process each time
             for c in labels:

@@ -99,28 +99,47 @@ class DataLoaderBatches:
 
 
 class InMemoryBatches:
-    """Whole-batch indexing of resident tensors (optionally on the accelerator): no per-sample collate."""
+    """Whole-batch indexing of resident tensors (optionally on the accelerator): no per-sample collate.
+
+    No host synchronisation per batch: an epoch's indices go to the device in one copy, and with
+    augmentation (computed on the host from (seed, epoch, index)) the inputs stay in host memory and
+    each augmented batch is copied through pinned memory without blocking.
+    """
 
     def __init__(
         self, x: np.ndarray, y: np.ndarray, sampler: EpochBatchSampler, seed: int, augment: AugmentConfig, device: torch.device | None
     ) -> None:
         self.sampler = sampler
+        self.seed, self.augment = seed, augment if is_active(augment) else None
         self.x = torch.from_numpy(np.ascontiguousarray(x))
         self.y = torch.from_numpy(np.ascontiguousarray(y))
-        if device is not None:
-            self.x, self.y = self.x.to(device), self.y.to(device)
-        self.seed, self.augment = seed, augment if is_active(augment) else None
+        self.device = device if device is not None else torch.device("cpu")
+        if self.device.type != "cpu":
+            self.y = self.y.to(self.device)
+            if self.augment is None:
+                self.x = self.x.to(self.device)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        for idx in self.sampler.local_batches(epoch)[start_batch:]:
-            index = torch.from_numpy(idx).to(self.x.device)
-            x = self.x[index]
-            if self.augment is not None:
-                x = augment_batch(x.cpu(), idx, epoch, self.seed, self.augment).to(self.x.device)
-            yield x, self.y[index]
+        batches = self.sampler.local_batches(epoch)[start_batch:]
+        if not batches:
+            return
+        host_index = torch.from_numpy(np.concatenate(batches))
+        index = host_index.to(self.device)  # one copy per epoch
+        pin = self.device.type == "cuda"
+        pos = 0
+        for idx in batches:
+            sel = slice(pos, pos + len(idx))
+            pos += len(idx)
+            if self.augment is None:
+                x = self.x[index[sel]]
+            else:
+                x = augment_batch(self.x[host_index[sel]], idx, epoch, self.seed, self.augment)
+                if self.device.type != "cpu":
+                    x = (x.pin_memory() if pin else x).to(self.device, non_blocking=True)
+            yield x, self.y[index[sel]]
 
 
 def use_in_memory(config: Config, nbytes: int) -> bool:
