@@ -133,3 +133,38 @@ def test_checkpoints_load_with_or_without_torch_compile(workdir) -> None:
     _plain_model_loads(ckpt["model"])  # written by the compiled run
     _plain_model_loads(load_file(str(run / "model.safetensors")))
     assert train(overrides=["train.compile=false", "train.max_steps=5"], resume=run, force=True).steps == 5
+
+
+def _ckpt_config(async_write: bool) -> dict:
+    raw = tiny_config(train={"epochs": 2, "batch_size": 64, "log_every_n_steps": 5})
+    raw["checkpoint"] = {"every_n_steps": 7, "keep_last": 10, "async_write": async_write}
+    return raw
+
+
+def test_async_checkpoint_files_are_byte_identical_to_synchronous_ones(workdir) -> None:
+    from taktstock.training.run import train
+
+    runs = {mode: train(validate(_ckpt_config(mode), {}, "<test>"), run_dir=workdir / str(mode)).run_dir for mode in (False, True)}
+    names = sorted(p.name for p in (runs[False] / "checkpoints").iterdir())
+    assert "best.pt" in names and "last.pt" in names and sum(n.startswith("step-") for n in names) >= 6
+    assert names == sorted(p.name for p in (runs[True] / "checkpoints").iterdir())
+    for name in names:
+        assert (runs[False] / "checkpoints" / name).read_bytes() == (runs[True] / "checkpoints" / name).read_bytes(), name
+
+
+def test_async_checkpoint_write_error_aborts_the_run_and_keeps_the_previous_checkpoint(workdir, monkeypatch) -> None:
+    from taktstock.checkpoint import manager
+    from taktstock.errors import TrainingAborted
+    from taktstock.training.run import train
+
+    original = manager.atomic_write_bytes
+
+    def full_disk(path, data):
+        if path.name == "step-00000014.pt":
+            raise OSError(28, "No space left on device")
+        return original(path, data)
+
+    monkeypatch.setattr(manager, "atomic_write_bytes", full_disk)
+    with pytest.raises(TrainingAborted, match=r"No space left on device.*step-14.*intact: .*step-00000007\.pt"):
+        train(validate(_ckpt_config(True), {}, "<test>"), run_dir=workdir / "run")
+    assert not (workdir / "run" / "checkpoints" / "step-00000014.pt").exists()

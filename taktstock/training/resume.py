@@ -18,6 +18,7 @@ SAFE_PREFIXES = (
     "train.callbacks",
     "logging.",
     "checkpoint.keep_last",
+    "checkpoint.async_write",
     "data.num_workers",
     "data.persistent_workers",
     "data.prefetch_factor",
