@@ -51,7 +51,7 @@ def run_startup(opts: Options) -> list[dict[str, Any]]:
         "taktstock train (to first step)": lambda: _first_step(train, cwd),
     }
     times: dict[str, list[float]] = {k: [] for k in commands}
-    for _ in range(3 if opts.quick else 5):  # interleaved
+    for _ in range(2 if opts.quick else 3):  # interleaved
         for k, fn in commands.items():
             times[k].append(fn())
     shutil.rmtree(cwd, ignore_errors=True)

@@ -69,7 +69,6 @@ def test_steady_state_steps_do_not_synchronise_with_the_host(monkeypatch: pytest
     """Between logging intervals taktstock never converts a tensor to a Python value (.item/bool/int/float),
     which on CUDA would wait for the device. A CPU proxy for torch.cuda.set_sync_debug_mode("error"),
     which benchmarks/gpu_check.sh runs on a GPU."""
-    from benchmarks.timing import MARKS  # noqa: F401  (the package must import without optional deps)
     from taktstock.training import trainer as trainer_mod
     from taktstock.training.run import train
 
