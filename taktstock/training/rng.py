@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import random
-import sys
 from typing import Any
 
 import numpy as np
 import torch
 
 
-def seed_everything(seed: int, deterministic: bool = True, compile: bool = False) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed every generator. `deterministic` trades cuDNN autotuning for run-to-run identical results."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        _deterministic_algorithms(compile)
-    # Autotuning picks the fastest conv kernels but may pick different ones per run (different numerics).
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def _deterministic_algorithms(compile: bool) -> None:
-    # torch.use_deterministic_algorithms also sets torch._inductor.config, whose import costs ~1 s of
-    # start-up; without torch.compile (and with inductor not loaded) the core flag alone is enough.
-    if compile or "torch._inductor.config" in sys.modules:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch._C._set_deterministic_algorithms(True, warn_only=True)
+    # Autotuning picks the fastest convolution kernels, but may pick different ones per run (different numerics).
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def capture_rng() -> dict[str, Any]:

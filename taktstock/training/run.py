@@ -59,11 +59,11 @@ def train(
 
 def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool) -> RunResult:
     device = components.select_device(config, dist)
-    seed_everything(config.seed, config.train.deterministic, config.train.compile)
+    seed_everything(config.seed, config.train.deterministic)
     data = prepare(config)
     # Again: a cache miss runs (and imports) more than a hit, and some imports draw from Python's RNG
     # (scikit-learn does); training must start from the same RNG state either way.
-    seed_everything(config.seed, config.train.deterministic, config.train.compile)
+    seed_everything(config.seed, config.train.deterministic)
     model, forward_model = components.build_model_for(config, data, device, dist)
     ckpts: Any = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
     if config.checkpoint.async_write:
