@@ -44,7 +44,14 @@ def main() -> int:
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         # DataLoader path (pinned host memory), host-resident in-memory path, and on-device in-memory path.
-        for in_memory, on_device, precision in (("never", False, "32"), ("always", False, "bf16"), ("always", True, "bf16")):
+        cases = [
+            ("never", False, "32", True),
+            ("always", False, "bf16", False),  # host-resident: batches gathered into pinned memory
+            ("always", False, "bf16", True),  # host-resident + host augmentation
+            ("always", True, "bf16", False),  # on the GPU
+            ("always", True, "bf16", True),  # on the GPU, augmentation computed on the host
+        ]
+        for in_memory, on_device, precision, augment in cases:
             raw = {
                 "experiment": {"name": "sync-check", "output_dir": str(Path(tmp) / "runs")},
                 "data": {
@@ -53,7 +60,7 @@ def main() -> int:
                     "cache_dir": str(Path(tmp) / "cache"),
                     "in_memory": in_memory,
                     "on_device": on_device,
-                    "augment": {"shift": 2, "hflip": True},
+                    "augment": {"shift": 2, "hflip": True} if augment else {},
                 },
                 "model": {"name": "resnet", "width": 16},
                 "train": {
@@ -67,7 +74,7 @@ def main() -> int:
                 },
                 "logging": {"tensorboard": False, "plots": False, "progress": "off"},
             }
-            label = f"in_memory={in_memory} on_device={on_device} precision={precision}"
+            label = f"in_memory={in_memory} on_device={on_device} precision={precision} augment={augment}"
             try:
                 train(validate(raw, {}, "<sync-check>"), run_dir=Path(tmp) / label.replace(" ", "_"))
                 print(f"sync_check {label}: OK (no host synchronisation in steady-state steps)")

@@ -107,9 +107,19 @@ class InMemoryBatches:
     """
 
     def __init__(
-        self, x: np.ndarray, y: np.ndarray, sampler: EpochBatchSampler, seed: int, augment: AugmentConfig, device: torch.device | None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        sampler: EpochBatchSampler,
+        seed: int,
+        augment: AugmentConfig,
+        device: torch.device | None,
+        pin_memory: bool = False,
     ) -> None:
         self.sampler = sampler
+        # Host-resident data for a CUDA run: batches are gathered straight into pinned memory, so the
+        # trainer's non_blocking copy to the GPU overlaps compute instead of staging through pageable memory.
+        self.pin = pin_memory and (device is None or device.type == "cpu")
         self.seed, self.augment = seed, augment if is_active(augment) else None
         self.x = torch.from_numpy(np.ascontiguousarray(x))
         self.y = torch.from_numpy(np.ascontiguousarray(y))
@@ -134,12 +144,21 @@ class InMemoryBatches:
             sel = slice(pos, pos + len(idx))
             pos += len(idx)
             if self.augment is None:
-                x = self.x[index[sel]]
+                x = _gather(self.x, index[sel], self.pin)
             else:
                 x = augment_batch(self.x[host_index[sel]], idx, epoch, self.seed, self.augment)
                 if self.device.type != "cpu":
                     x = (x.pin_memory() if pin else x).to(self.device, non_blocking=True)
-            yield x, self.y[index[sel]]
+                elif self.pin:
+                    x = x.pin_memory()
+            yield x, _gather(self.y, index[sel], self.pin)
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor, pin: bool) -> torch.Tensor:
+    if not pin:
+        return t[index]
+    out = torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    return torch.index_select(t, 0, index, out=out)
 
 
 def use_in_memory(config: Config, nbytes: int) -> bool:
@@ -155,7 +174,7 @@ def build_train_batches(
     sampler = EpochBatchSampler(len(y), config.train.batch_size, config.seed, shuffle=True, rank=rank, world_size=world_size)
     if use_in_memory(config, x.nbytes + y.nbytes):
         target = device if (config.data.on_device and device.type != "cpu") else None
-        return InMemoryBatches(x, y, sampler, config.seed, config.data.augment, target)
+        return InMemoryBatches(x, y, sampler, config.seed, config.data.augment, target, pin_memory=device.type == "cuda")
     dataset = ArrayDataset(x, y, seed=config.seed, augment=config.data.augment if is_active(config.data.augment) else None)
     return DataLoaderBatches(dataset, sampler, config, device)
 
