@@ -53,7 +53,7 @@ class Workload:
                 "on_device": in_memory == "always" and self.device == "cuda",
             },
             "model": self.model,
-            "optim": {"name": "adamw", "lr": 1e-3},
+            "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},  # the same optimizer in every contender
             "train": {
                 "epochs": self.epochs,
                 "batch_size": self.batch_size,
@@ -145,7 +145,7 @@ class HandWritten:
         model = w.build_model(self.x_np, self.y_np).to(device)
         if w.channels_last and cuda:
             model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if cuda else {}))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, **({"fused": True} if cuda else {}))
         loss_fn = nn.CrossEntropyLoss()
         x, y = torch.from_numpy(self.x_np), torch.from_numpy(self.y_np)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if w.precision == "bf16" else contextlib.nullcontext()
@@ -223,7 +223,7 @@ class LightningRun:
                 return self.loss_fn(self.net(x), y)
 
             def configure_optimizers(self) -> torch.optim.Optimizer:
-                return torch.optim.AdamW(self.parameters(), lr=1e-3)
+                return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=0.0)
 
         class Timer(L.Callback):
             def on_train_start(self, trainer: Any, module: Any) -> None:
@@ -268,7 +268,7 @@ class AccelerateRun:
         torch.manual_seed(0)
         accelerator = Accelerator(cpu=w.device == "cpu")
         model = w.build_model(self.x_np, self.y_np)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
         x, y = torch.from_numpy(self.x_np), torch.from_numpy(self.y_np)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x, y), batch_size=w.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
