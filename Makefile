@@ -8,11 +8,12 @@ export WANDB_MODE := offline
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: train test lint format venv dev clean help docs
+.PHONY: train test lint format venv dev clean help docs bench
 
 help:
 	@echo "make train   set up .venv, train and evaluate the default experiment (config.yaml)"
 	@echo "make test    set up .venv with dev tools and run lint + the whole test suite"
+	@echo "make bench   set up .venv with Lightning/Accelerate and run the benchmark suite (docs/benchmarks.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ $(AIRFLOW_VENV)/.installed: requirements-airflow.txt
 	$(AIRFLOW_VENV)/bin/pip install -q -r requirements-airflow.txt
 	touch $@
 
+$(VENV)/.bench: requirements-bench.txt $(VENV)/.runtime
+	$(BIN)/pip install -q -r requirements-bench.txt
+	touch $@
+
 venv: $(VENV)/.runtime
 dev: $(VENV)/.dev
 
@@ -56,6 +61,11 @@ test: lint $(AIRFLOW_VENV)/.installed
 # Regenerate the config reference after changing config/schema.py (a test fails when it is stale).
 docs: $(VENV)/.runtime
 	$(BIN)/taktstock config docs --out docs/config.md
+
+# Benchmark suite (~3 min on 2 CPU cores); BENCH_ARGS e.g. "mlp --repeats 7" or "--device cuda".
+BENCH_ARGS ?=
+bench: $(VENV)/.bench
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf experiments/runs experiments/sweeps data/prepared

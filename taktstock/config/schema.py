@@ -168,6 +168,11 @@ class CheckpointConfig(Section):
     every_epoch: bool = Field(True, description="Save a checkpoint at the end of every epoch.")
     keep_last: int = Field(3, ge=1, description="How many periodic checkpoints stay on disk.")
     save_best: bool = Field(True, description="Keep the best checkpoint by the monitored metric.")
+    async_write: bool = Field(
+        False,
+        description="Write checkpoints on a background thread: training waits only for a host copy of the state, "
+        "not for serialising, hashing and fsync (same files; a write error stops the run at the next checkpoint or the end).",
+    )
 
 
 class EarlyStoppingConfig(Section):

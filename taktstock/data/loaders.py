@@ -103,28 +103,66 @@ class DataLoaderBatches:
 
 
 class InMemoryBatches:
-    """Whole-batch indexing of resident tensors (optionally on the accelerator): no per-sample collate."""
+    """Whole-batch indexing of resident tensors (optionally on the accelerator): no per-sample collate.
+
+    No host synchronisation per batch: an epoch's indices go to the device in one copy, and with
+    augmentation (computed on the host from (seed, epoch, index)) the inputs stay in host memory and
+    each augmented batch is copied through pinned memory without blocking.
+    """
 
     def __init__(
-        self, x: np.ndarray, y: np.ndarray, sampler: EpochBatchSampler, seed: int, augment: AugmentConfig, device: torch.device | None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        sampler: EpochBatchSampler,
+        seed: int,
+        augment: AugmentConfig,
+        device: torch.device | None,
+        pin_memory: bool = False,
     ) -> None:
         self.sampler = sampler
+        # Host-resident data for a CUDA run: batches are gathered straight into pinned memory, so the
+        # trainer's non_blocking copy to the GPU overlaps compute instead of staging through pageable memory.
+        self.pin = pin_memory and (device is None or device.type == "cpu")
+        self.seed, self.augment = seed, augment if is_active(augment) else None
         self.x = torch.from_numpy(np.ascontiguousarray(x))
         self.y = torch.from_numpy(np.ascontiguousarray(y))
-        if device is not None:
-            self.x, self.y = self.x.to(device), self.y.to(device)
-        self.seed, self.augment = seed, augment if is_active(augment) else None
+        self.device = device if device is not None else torch.device("cpu")
+        if self.device.type != "cpu":
+            self.y = self.y.to(self.device)
+            if self.augment is None:
+                self.x = self.x.to(self.device)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        for idx in self.sampler.local_batches(epoch)[start_batch:]:
-            index = torch.from_numpy(idx).to(self.x.device)
-            x = self.x[index]
-            if self.augment is not None:
-                x = augment_batch(x.cpu(), idx, epoch, self.seed, self.augment).to(self.x.device)
-            yield x, self.y[index]
+        batches = self.sampler.local_batches(epoch)[start_batch:]
+        if not batches:
+            return
+        host_index = torch.from_numpy(np.concatenate(batches))
+        index = host_index.to(self.device)  # one copy per epoch
+        pin = self.device.type == "cuda"
+        pos = 0
+        for idx in batches:
+            sel = slice(pos, pos + len(idx))
+            pos += len(idx)
+            if self.augment is None:
+                x = _gather(self.x, index[sel], self.pin)
+            else:
+                x = augment_batch(self.x[host_index[sel]], idx, epoch, self.seed, self.augment)
+                if self.device.type != "cpu":
+                    x = (x.pin_memory() if pin else x).to(self.device, non_blocking=True)
+                elif self.pin:
+                    x = x.pin_memory()
+            yield x, _gather(self.y, index[sel], self.pin)
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor, pin: bool) -> torch.Tensor:
+    if not pin:
+        return t[index]
+    out = torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    return torch.index_select(t, 0, index, out=out)
 
 
 def use_in_memory(config: Config, nbytes: int) -> bool:
@@ -140,7 +178,7 @@ def build_train_batches(
     sampler = EpochBatchSampler(len(y), config.train.batch_size, config.seed, shuffle=True, rank=rank, world_size=world_size)
     if use_in_memory(config, x.nbytes + y.nbytes):
         target = device if (config.data.on_device and device.type != "cpu") else None
-        return InMemoryBatches(x, y, sampler, config.seed, config.data.augment, target)
+        return InMemoryBatches(x, y, sampler, config.seed, config.data.augment, target, pin_memory=device.type == "cuda")
     dataset = ArrayDataset(x, y, seed=config.seed, augment=config.data.augment if is_active(config.data.augment) else None)
     return DataLoaderBatches(dataset, sampler, config, device)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from taktstock.config.schema import Config
-from taktstock.data.sources import load_source
+from taktstock.data.sources import cheap_fingerprint, load_source
 from taktstock.errors import ConfigError
 
 PREP_VERSION = 2  # bump when the split or normalisation algorithm changes: invalidates caches
@@ -108,8 +108,12 @@ def fingerprint(config: Config, source_fp: str) -> str:
 
 def prepare(config: Config, verbose: bool = False) -> PreparedData:
     """Return the prepared splits, computing and caching them only when the fingerprint is new."""
-    raw = load_source(config)
-    fp = fingerprint(config, raw.fingerprint)
+    raw = None
+    source_fp = cheap_fingerprint(config)
+    if source_fp is None:
+        raw = load_source(config)
+        source_fp = raw.fingerprint
+    fp = fingerprint(config, source_fp)
     slug = config.data.source.replace(":", "_").replace(".", "_").replace("/", "_")
     path = Path(config.data.cache_dir) / f"{slug}-{fp}.npz"
     if path.is_file():
@@ -117,6 +121,8 @@ def prepare(config: Config, verbose: bool = False) -> PreparedData:
             return _load(path, fp)
         except (OSError, ValueError, KeyError):
             pass  # A damaged cache is simply rebuilt.
+    if raw is None:
+        raw = load_source(config)
     if verbose:
         print(f"preparing {config.data.source} -> {path}")
     data = _build(config, raw.x, raw.y, raw.class_names, raw.feature_names, fp, path)

@@ -37,26 +37,39 @@ def class_scores(output: torch.Tensor) -> torch.Tensor:
 
 
 class EpochMetrics:
-    """Loss and task metrics over a whole pass through a split."""
+    """Loss and task metrics over a whole pass through a split.
+
+    The torchmetrics objects are built on first use: importing torchmetrics (with scipy and
+    matplotlib behind it) costs ~0.6 s, which would otherwise delay the first training step.
+    User metric classes (metrics.extra) are resolved here, so a bad import path fails at start.
+    """
 
     def __init__(self, config: Config, num_outputs: int, device: torch.device, prefix: str = "val") -> None:
         import torch
-        import torchmetrics
-        from torchmetrics import classification as C
-        from torchmetrics import regression as R
 
         self.prefix = prefix
         self.task = config.task
-        self.loss = torchmetrics.MeanMetric().to(device)
+        self.device = device
+        self.num_classes = max(num_outputs, 2) if self.task == "classification" else 0
+        self._extra_paths = list(config.metrics.extra)
         # A class-weighted cross-entropy batch value is sum(w_y * l) / sum(w_y): averaging batches by
         # sum(w_y) instead of their size gives exactly the loss over the whole split.
         weights = config.loss.class_weights if config.loss.name == "cross_entropy" else None
         self.class_weights = None if weights is None else torch.tensor(weights, dtype=torch.float64, device=device)
+        self._built = False
+        self._task_updates = 0
+        if self._extra_paths:  # user metric classes are checked at start, not at the first validation
+            self._build()
+
+    def _build(self) -> None:
+        import torchmetrics
+        from torchmetrics import classification as C
+        from torchmetrics import regression as R
+
+        self.loss = torchmetrics.MeanMetric().to(self.device)
         metrics: dict[str, Any]
         if self.task == "classification":
-            n = max(num_outputs, 2)
-            self.num_classes = n
-            common = {"num_classes": n, "validate_args": False}
+            common = {"num_classes": self.num_classes, "validate_args": False}
             metrics = {
                 "acc": C.MulticlassAccuracy(average="micro", **common),
                 "f1": C.MulticlassF1Score(average="macro", **common),
@@ -64,14 +77,15 @@ class EpochMetrics:
                 "recall": C.MulticlassRecall(average="macro", **common),
             }
         else:
-            self.num_classes = 0
             metrics = {"mse": R.MeanSquaredError(), "mae": R.MeanAbsoluteError(), "r2": R.R2Score()}
-        for path in config.metrics.extra:
+        for path in self._extra_paths:
             metrics[path.rpartition(":")[2].lower()] = build_extra_metric(path, self.task, self.num_classes)
-        self.metrics = torchmetrics.MetricCollection(metrics).to(device)
-        self._task_updates = 0
+        self.metrics = torchmetrics.MetricCollection(metrics).to(self.device)
+        self._built = True
 
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        if not self._built:
+            self._build()
         weight = target.shape[0] if self.class_weights is None else self.class_weights[target].sum()
         self.loss.update(loss.detach(), weight=weight)
         out = output.detach().float()
@@ -83,15 +97,21 @@ class EpochMetrics:
 
     def update_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """A custom step that returns only the loss: the split's loss is still tracked."""
+        if not self._built:
+            self._build()
         self.loss.update(loss.detach(), weight=batch_size)
 
     def compute(self) -> dict[str, float]:
+        if not self._built:
+            self._build()
         values = {"loss": self.loss.compute()}
         if self._task_updates:  # no outputs/targets seen (loss-only custom step): no task metrics
             values |= dict(self.metrics.compute())
         return {f"{self.prefix}/{k}": float(v) for k, v in values.items()}
 
     def reset(self) -> None:
+        if not self._built:
+            self._build()
         self.loss.reset()
         self.metrics.reset()
         self._task_updates = 0

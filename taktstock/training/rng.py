@@ -10,12 +10,14 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed every generator. `deterministic` trades cuDNN autotuning for run-to-run identical results."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    # Autotuning picks the fastest convolution kernels, but may pick different ones per run (different numerics).
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def capture_rng() -> dict[str, Any]:

@@ -68,8 +68,15 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     seed_everything(config.seed, config.train.deterministic)
     data = prepare(config)
     check_config_fits_data(config, data)
+    # Again: a cache miss runs (and imports) more than a hit, and some imports draw from Python's RNG
+    # (scikit-learn does); training must start from the same RNG state either way.
+    seed_everything(config.seed, config.train.deterministic)
     model, forward_model = components.build_model_for(config, data, device, dist)
-    ckpts = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
+    ckpts: Any = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
+    if config.checkpoint.async_write:
+        from taktstock.checkpoint.async_writer import AsyncCheckpointManager
+
+        ckpts = AsyncCheckpointManager(ckpts)
     start, ckpt_state = _newest_checkpoint(ckpts, run, dist, force) if resuming else (None, None)
     if dist.is_main:
         if not resuming:
@@ -115,8 +122,10 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     status = "failed"
     try:
         trainer.fit()
+        _flush_checkpoints(ckpts, trainer)
         status = "completed"
     except Preempted as exc:
+        _flush_checkpoints(ckpts, trainer)
         status = "preempted"
         where = exc.checkpoint or "no checkpoint"
         if dist.is_main:
@@ -127,6 +136,8 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         status = "aborted"
         raise
     finally:
+        if hasattr(ckpts, "wait"):
+            ckpts.latest_valid()  # on any exit, a background write finishes before the process may end
         metrics_file.close()
         if dist.is_main:
             run.update_info(
@@ -163,6 +174,20 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
             summary["samples/s"] = round(trainer.throughput)
         print_table("training summary", summary)
     return RunResult(run.root, trainer.state.stop_reason or "completed", trainer.state.step, parts.monitor.best, final)
+
+
+def _flush_checkpoints(ckpts: Any, trainer: Trainer) -> None:
+    """Wait for a background checkpoint write (checkpoint.async_write); its failure aborts the run."""
+    wait = getattr(ckpts, "wait", None)
+    if wait is None:
+        return
+    try:
+        wait()
+    except OSError as exc:
+        kept = ckpts.latest_valid()
+        raise TrainingAborted(
+            f"could not write checkpoint ({exc.strerror or exc}); the previous checkpoint is intact: {kept.path if kept else 'none'}"
+        ) from None
 
 
 def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, force: bool) -> tuple[Path | None, dict[str, Any] | None]:

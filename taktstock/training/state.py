@@ -20,7 +20,7 @@ class Sums:
         return Sums(self.loss.to(device), self.correct.to(device), self.count.to(device))
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
-        self.loss += loss.detach().double() * n
+        self.loss.add_(loss.detach(), alpha=n)  # computed in float64, like loss.double() * n, in one op
         if correct is not None:
             self.correct += correct
         self.count += n
@@ -38,7 +38,8 @@ class Sums:
         self.count.zero_()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "count": self.count.cpu()}
+        # clone: the sums may be views of a shared accumulator (Trainer), a checkpoint holds just these values
+        return {"loss": self.loss.detach().clone().cpu(), "correct": self.correct.clone().cpu(), "count": self.count.clone().cpu()}
 
     def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
         self.loss.copy_(d["loss"])

@@ -85,8 +85,11 @@ class Trainer:
         self.cfg = parts.config
         self.state = LoopState()
         self.classification = parts.config.task == "classification"
-        self.interval = Sums().to(parts.device)
-        self.epoch_sums = Sums().to(parts.device)
+        # Interval and epoch sums are the two lanes of one accumulator: one in-place op per quantity and
+        # step updates both (the per-step bookkeeping is ~3 small ops instead of ~10).
+        self._lanes = Sums(*(torch.zeros(2, dtype=t) for t in (torch.float64, torch.int64, torch.int64))).to(parts.device)
+        self.interval = Sums(self._lanes.loss[0], self._lanes.correct[0], self._lanes.count[0])
+        self.epoch_sums = Sums(self._lanes.loss[1], self._lanes.correct[1], self._lanes.count[1])
         # Step of the first non-finite loss, kept on the device and checked only at sync points.
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=parts.device)
         self.preemption = PreemptionHandler()
@@ -160,17 +163,19 @@ class Trainer:
             if self.cfg.train.nan_policy == "skip" and not p.dist.all_ranks(bool(torch.isfinite(loss)), p.device):
                 self.state.nan_skips += 1
                 return
-            scaled = (loss * weight if weight != 1.0 else loss) / cycle_len
+            # `weight` != 1 only for an unevenly split last global batch of a multi-process run.
+            scaled = loss * weight if weight != 1.0 else loss
+            if cycle_len > 1:
+                scaled = scaled / cycle_len
             (p.scaler.scale(scaled) if p.scaler else scaled).backward()
         n = batch_size_of(batch)
         correct = None
         if self.classification and out is not None and target is not None:
             correct = (class_scores(out.detach()).argmax(-1) == target).sum()
-        self.interval.add(loss, correct, n)
-        self.epoch_sums.add(loss, correct, n)
+        self._lanes.add(loss, correct, n)  # interval and epoch sums at once
         self._samples += n
-        bad = ~torch.isfinite(loss.detach())
-        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.state.step, self.first_bad_step)
+        keep = torch.isfinite(loss.detach()) | (self.first_bad_step >= 0)
+        self.first_bad_step = torch.where(keep, self.first_bad_step, self.state.step)
 
     def _optimizer_step(self) -> None:
         p, clip = self.p, self.cfg.train.grad_clip_norm

@@ -1,0 +1,50 @@
+"""Start-up stays fast because heavy modules are imported only when used (deterministic checks, no timing)."""
+
+from __future__ import annotations
+
+import sys
+
+from tests.conftest import cli_env, run_cli, tiny_config, write_config
+
+HEAVY_FOR_HELP = ("torch", "mlflow", "optuna", "tensorboard", "matplotlib", "sklearn", "wandb", "ray")
+# Not needed before the first optimizer step of a run whose prepared data is cached.
+# (torch._dynamo/_inductor are not listed: torch.optim's constructor imports them for every PyTorch loop.)
+HEAVY_FOR_FIRST_STEP = ("sklearn", "torchmetrics", "matplotlib", "scipy", "mlflow", "optuna")
+
+PROBE = """
+import sys
+
+HEAVY = {heavy!r}
+
+
+class Probe:
+    def on_step_end(self, trainer):
+        loaded = sorted(m for m in HEAVY if m in sys.modules)
+        print("LOADED_AT_FIRST_STEP", ",".join(loaded), file=sys.stderr, flush=True)
+        raise SystemExit(0)
+"""
+
+
+def test_help_imports_no_heavy_modules() -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "taktstock", "--help"], env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "train" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "typer" in imported  # the probe sees imports at all
+    assert not {m for m in imported if m.split(".")[0] in HEAVY_FOR_HELP}
+
+
+def test_train_imports_nothing_heavy_before_the_first_step_on_a_cache_hit(workdir) -> None:
+    (workdir / "startup_probe.py").write_text(PROBE.format(heavy=HEAVY_FOR_FIRST_STEP))
+    config = tiny_config(train={"epochs": 1, "batch_size": 64, "callbacks": ["startup_probe:Probe"]})
+    config["logging"] = {"tensorboard": True, "plots": True}
+    path = write_config(workdir / "exp.yaml", config)
+    env = cli_env(PYTHONPATH=f"{workdir}:{cli_env()['PYTHONPATH']}")
+    first = run_cli("train", str(path), cwd=workdir, env=env)  # prepares the data cache
+    assert "LOADED_AT_FIRST_STEP" in first.stderr, first.stderr[-2000:]
+    second = run_cli("train", str(path), cwd=workdir, env=env)  # cache hit
+    line = next(x for x in second.stderr.splitlines() if x.startswith("LOADED_AT_FIRST_STEP"))
+    assert line.split(" ", 1)[1:] in ([], [""]), line
