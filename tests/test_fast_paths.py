@@ -95,6 +95,7 @@ def test_steady_state_steps_do_not_synchronise_with_the_host(monkeypatch: pytest
     raw = tiny_config(train={"epochs": 1, "batch_size": 64, "log_every_n_steps": 5, "max_steps": 12})
     raw["checkpoint"] = {"every_n_steps": None, "every_epoch": False}
     raw["data"] = raw["data"] | {"val_fraction": 0.0, "test_fraction": 0.15}
+    raw["metrics"] = {"monitor": "train/loss", "mode": "min"}  # no validation split to monitor
     train(validate(raw, {}, "<test>"), run_dir=workdir / "run")
     # Conversions happen only at logging steps (5, 10) and at the end (12); never in the steps between.
     assert conversions, "the spy saw nothing: the test would pass vacuously"
@@ -158,10 +159,10 @@ def test_async_checkpoint_write_error_aborts_the_run_and_keeps_the_previous_chec
 
     original = manager.atomic_write_bytes
 
-    def full_disk(path, data):
+    def full_disk(path, data, **kwargs):
         if path.name == "step-00000008.pt":
             raise OSError(28, "No space left on device")
-        return original(path, data)
+        return original(path, data, **kwargs)
 
     monkeypatch.setattr(manager, "atomic_write_bytes", full_disk)
     with pytest.raises(TrainingAborted, match=r"No space left on device.*step-8.*intact: .*step-00000004\.pt"):
