@@ -39,7 +39,7 @@ def mlflow_server(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     env = cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{tmp / 'server.db'}", "--artifacts-destination", str(tmp / "artifacts")]
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - closed in finally
+    log = open(tmp / "server.log", "wb")  # closed in finally
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -200,7 +200,9 @@ def test_tracking_server_killed_mid_run_does_not_stop_training(workdir: Path, tm
 
 def test_unreachable_server_at_start_is_exit_2_unless_fail_soft(workdir: Path) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
-    cfg = tiny_config(logging={"tensorboard": False, "plots": False, "mlflow": {"enabled": True, "tracking_uri": dead}}, train={"epochs": 1})
+    cfg = tiny_config(
+        logging={"tensorboard": False, "plots": False, "mlflow": {"enabled": True, "tracking_uri": dead}}, train={"epochs": 1}
+    )
     write_config(workdir / "exp.yaml", cfg)
     t0 = time.monotonic()
     result = run_cli("train", "exp.yaml", "--run-dir", "run", cwd=workdir)

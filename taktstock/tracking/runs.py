@@ -63,7 +63,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    minutes, s = divmod(int(round(seconds)), 60)
+    minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
