@@ -14,7 +14,12 @@ from taktstock.errors import UserError
 
 
 class Tracker(Protocol):
-    """A metrics/artifacts backend. `state` is what a backend needs to continue the same run on resume."""
+    """A metrics/artifacts backend. `state` is what a backend needs to continue the same run on resume.
+
+    Optional hooks, called when a backend defines them: `preflight()` (before the run directory is
+    created; raise UserError when the backend is unreachable), `log_histograms(model, step)`, and
+    `log_run_outputs(run_dir, final_metrics)` (after final weights and plots are written).
+    """
 
     name: str
 
@@ -99,4 +104,10 @@ class TrackerGroup:
         return out
 
     def finish(self, status: str) -> None:
+        # A backend that failed earlier still gets a quiet, best-effort finish (e.g. the model upload
+        # failed but the server is up: the run should not stay RUNNING).
+        for t in self.trackers:
+            if t.name in self.failed:
+                with contextlib.suppress(Exception):
+                    t.finish(status)
         self._call("finish", status)

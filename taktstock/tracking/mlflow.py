@@ -34,6 +34,8 @@ EMBEDDED_ARTIFACTS = Path("experiments/mlartifacts")
 PROBE_TIMEOUT_S = 5.0
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch request
 _PARAM_MAX_LEN = 6000
+_METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch request
+_MAX_COALESCE = 50  # logging calls merged into one request when the writer falls behind
 
 
 def bound_http_retries() -> None:
@@ -109,7 +111,7 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
 
 
 class _MetricWriter:
-    """Background thread sending one `log_batch` per logging call; keeps the first error."""
+    """Background thread sending one `log_batch` per logging call (fewer when behind); keeps the first error."""
 
     def __init__(self, client: Any, run_id: str) -> None:
         self.client, self.run_id = client, run_id
@@ -121,18 +123,29 @@ class _MetricWriter:
     def _loop(self) -> None:
         from mlflow.entities import Metric
 
-        while True:
-            item = self.queue.get()
-            try:
-                if item is None:
-                    return
-                if self.error is None:
+        stop = False
+        while not stop:
+            items = [self.queue.get()]
+            # When the server is slower than the logging interval, send what piled up in one request.
+            while len(items) < _MAX_COALESCE and items[-1] is not None:
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = items[-1] is None
+            batch = []
+            for item in items:
+                if item is not None:
                     metrics, step, ts = item
-                    self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+                    batch += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+            try:
+                for i in range(0, len(batch) if self.error is None else 0, _METRIC_BATCH):
+                    self.client.log_batch(self.run_id, metrics=batch[i : i + _METRIC_BATCH])
             except BaseException as exc:
                 self.error = exc
             finally:
-                self.queue.task_done()
+                for _ in items:
+                    self.queue.task_done()
 
     def put(self, metrics: dict[str, float], step: int) -> None:
         self.queue.put((dict(metrics), step, int(time.time() * 1000)))
@@ -160,6 +173,7 @@ class MlflowTracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.writer: _MetricWriter | None = None
+        self._finished = False
         self.logged_upto = -1  # steps <= this are already in the MLflow run (logged before a resume)
 
     def preflight(self) -> None:
@@ -263,13 +277,15 @@ class MlflowTracker:
         return {"run_id": self.run_id, "tracking_uri": self.uri, "experiment_id": self.experiment_id}
 
     def finish(self, status: str) -> None:
+        pending = None
         if self.writer is not None:
             self.writer.close()
             self.writer, pending = None, self.writer.error
-            if pending is not None:
-                raise pending
-        if self.run_id is not None:
+        if self.run_id is not None and self.client is not None and not self._finished:
+            self._finished = True
             self.client.set_terminated(self.run_id, status)
+        if pending is not None:
+            raise pending
 
 
 def log_evaluation(run: RunDir, config: Config, metrics: dict[str, float], split: str) -> None:
