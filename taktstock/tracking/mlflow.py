@@ -3,8 +3,8 @@
 Default backend is embedded (no server): SQLite at experiments/mlflow.db, artifacts under
 experiments/mlartifacts. An http(s) tracking_uri talks to a real tracking server.
 
-Metrics go through one background thread, one `log_batch` request per logging call, so a slow
-server never stalls the training loop; an error there is raised on the next call and the
+Metrics go through one background thread that batches them into `log_batch` requests (at most one
+per logging call), so a slow server never stalls the training loop; an error there is raised on the next call and the
 `TrackerGroup` reports it once and carries on without MLflow.
 """
 
@@ -35,7 +35,7 @@ PROBE_TIMEOUT_S = 5.0
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch request
 _PARAM_MAX_LEN = 6000
 _METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch request
-_MAX_COALESCE = 50  # logging calls merged into one request when the writer falls behind
+_STOP = object()
 
 
 def bound_http_retries() -> None:
@@ -111,7 +111,14 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
 
 
 class _MetricWriter:
-    """Background thread sending one `log_batch` per logging call (fewer when behind); keeps the first error."""
+    """Background thread that sends metrics with `log_batch`, keeping the first error.
+
+    Points logged within SEND_INTERVAL_S of each other go out in one request: at most one request
+    per logging call, and far fewer when training logs often, so tracking costs the loop almost
+    nothing. `flush()` sends at once (end of training, before the model is logged).
+    """
+
+    SEND_INTERVAL_S = 1.0
 
     def __init__(self, client: Any, run_id: str) -> None:
         self.client, self.run_id = client, run_id
@@ -123,38 +130,46 @@ class _MetricWriter:
     def _loop(self) -> None:
         from mlflow.entities import Metric
 
-        stop = False
-        while not stop:
-            items = [self.queue.get()]
-            # When the server is slower than the logging interval, send what piled up in one request.
-            while len(items) < _MAX_COALESCE and items[-1] is not None:
-                try:
-                    items.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = items[-1] is None
-            batch = []
-            for item in items:
-                if item is not None:
-                    metrics, step, ts = item
-                    batch += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        pending: list[Any] = []
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                for i in range(0, len(batch) if self.error is None else 0, _METRIC_BATCH):
-                    self.client.log_batch(self.run_id, metrics=batch[i : i + _METRIC_BATCH])
-            except BaseException as exc:
-                self.error = exc
-            finally:
-                for _ in items:
-                    self.queue.task_done()
+                item = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None  # the send interval has passed
+            if isinstance(item, tuple):
+                metrics, step, ts = item
+                pending += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+                deadline = deadline or time.monotonic() + self.SEND_INTERVAL_S
+                if len(pending) < _METRIC_BATCH:
+                    continue
+            self._send(pending)
+            pending, deadline = [], None
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is _STOP:
+                return
+
+    def _send(self, batch: list[Any]) -> None:
+        if self.error is not None:
+            return
+        try:
+            for i in range(0, len(batch), _METRIC_BATCH):
+                self.client.log_batch(self.run_id, metrics=batch[i : i + _METRIC_BATCH])
+        except BaseException as exc:
+            self.error = exc
 
     def put(self, metrics: dict[str, float], step: int) -> None:
         self.queue.put((dict(metrics), step, int(time.time() * 1000)))
 
-    def flush(self) -> None:
-        self.queue.join()
+    def flush(self, timeout: float = 60.0) -> None:
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait(timeout)
 
     def close(self, timeout: float = 60.0) -> None:
-        self.queue.put(None)
+        self.queue.put(_STOP)
         self.thread.join(timeout)
 
 
@@ -174,7 +189,7 @@ class MlflowTracker:
         self.experiment_id: str | None = None
         self.writer: _MetricWriter | None = None
         self._finished = False
-        self.logged_upto = -1  # steps <= this are already in the MLflow run (logged before a resume)
+        self.logged_upto: dict[str, int] = {}  # metric -> last step already in the MLflow run (before a resume)
 
     def preflight(self) -> None:
         probe(self.uri)
@@ -188,7 +203,7 @@ class MlflowTracker:
             self.run_id = previous["run_id"]
             self.experiment_id = previous.get("experiment_id")
             self.client.update_run(self.run_id, status="RUNNING")
-            self.logged_upto = self._last_logged_step()
+            self.logged_upto = self._last_logged_steps()
         else:
             self.experiment_id = _experiment_id(self.client, self.experiment, self.uri)
             tags = provenance() | dict(self.config.experiment.tags) | {"taktstock.run_dir": str(self.run.root.resolve())}
@@ -210,14 +225,11 @@ class MlflowTracker:
         for i in range(0, len(params), _PARAM_BATCH):
             self.client.log_batch(self.run_id, params=params[i : i + _PARAM_BATCH])
 
-    def _last_logged_step(self) -> int:
-        """Highest step already logged, so a resumed run does not log the steps after its checkpoint twice.
-
-        Resume is exact: the values it would log again are the ones already there.
-        """
+    def _last_logged_steps(self) -> dict[str, int]:
+        """Highest step already logged per metric, so a resumed run does not log the steps after its
+        checkpoint twice. Resume is exact: the values it would log again are the ones already there."""
         keys = self.client.get_run(self.run_id).data.metrics
-        steps = [m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)]
-        return max(steps, default=-1)
+        return {k: max((m.step for m in self.client.get_metric_history(self.run_id, k)), default=-1) for k in keys}
 
     def _raise_pending(self) -> None:
         if self.writer is not None and self.writer.error is not None:
@@ -225,7 +237,9 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._raise_pending()
-        if step > self.logged_upto and self.writer is not None:
+        if self.logged_upto:
+            metrics = {k: v for k, v in metrics.items() if step > self.logged_upto.get(k, -1)}
+        if metrics and self.writer is not None:
             self.writer.put(metrics, step)
 
     def log_artifact(self, path: Path) -> None:
