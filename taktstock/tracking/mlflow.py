@@ -10,6 +10,7 @@ per logging call), so a slow server never stalls the training loop; an error the
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import sys
@@ -108,6 +109,18 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def freeze_gc() -> None:
+    """Move everything allocated so far out of the cyclic GC's reach.
+
+    Importing MLflow (SQLAlchemy, pydantic, ...) adds ~250k long-lived objects; without this, each
+    full GC pass in the training loop rescans them (about +0.1 s per pass on a small CPU), which
+    was most of MLflow's overhead on the digits benchmark. Frozen objects are still freed by
+    reference counting.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class _MetricWriter:
@@ -217,6 +230,7 @@ class MlflowTracker:
             self._log_params(config)
         self.run.update_info(mlflow=self.state())
         self.writer = _MetricWriter(self.client, self.run_id)
+        freeze_gc()
 
     def _log_params(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
