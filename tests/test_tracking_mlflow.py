@@ -219,17 +219,20 @@ def test_unreachable_server_at_start_is_exit_2_unless_fail_soft(workdir: Path) -
     assert "mlflow" not in json.loads((workdir / "run" / "run.json").read_text())
 
 
-def test_child_run_of_parent_run_id(workdir: Path) -> None:
+def test_parent_run_id_makes_the_run_a_child_run(workdir: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{workdir / 'experiments' / 'mlflow.db'}"
+    (workdir / "experiments").mkdir()
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("sweep"), run_name="sweep-parent").info.run_id
     cfg = tiny_config(
-        logging={"tensorboard": False, "plots": False, "mlflow": {"enabled": True, "log_model": False}},
+        logging={"tensorboard": False, "plots": False, "mlflow": {"enabled": True, "log_model": False, "experiment": "sweep"}},
         train={"epochs": 1, "max_steps": 2},
     )
     write_config(workdir / "exp.yaml", cfg)
-    run_cli("train", "exp.yaml", "--run-dir", "parent", cwd=workdir, check=True)
-    parent = json.loads((workdir / "parent" / "run.json").read_text())["mlflow"]["run_id"]
     run_cli("train", "exp.yaml", "--run-dir", "child", f"logging.mlflow.parent_run_id={parent}", cwd=workdir, check=True)
     child = json.loads((workdir / "child" / "run.json").read_text())["mlflow"]["run_id"]
-    assert MlflowClient(uri).get_run(child).data.tags["mlflow.parentRunId"] == parent
+    assert child != parent
+    assert client.get_run(child).data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(child).info.experiment_id == client.get_run(parent).info.experiment_id
