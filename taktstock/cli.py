@@ -26,10 +26,12 @@ def _register() -> None:
         predict_cmd,
         prepare_cmd,
         promote_cmd,
+        runs_cmd,
         train_cmd,
     )
 
-    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd, new_cmd, pipeline_cmd, promote_cmd, export_cmd, predict_cmd):
+    modules = (train_cmd, evaluate_cmd, prepare_cmd, config_cmd, runs_cmd, new_cmd, pipeline_cmd, promote_cmd, export_cmd, predict_cmd)
+    for module in modules:
         module.register(app)
 
 

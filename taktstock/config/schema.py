@@ -187,6 +187,9 @@ class MlflowConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment name (default: experiment.name).")
     register_model: bool = Field(False, description="Register the best model in the MLflow Model Registry.")
     log_model: bool = Field(True, description="Log the best model as an MLflow PyTorch model at the end of training.")
+    parent_run_id: str | None = Field(
+        None, description="Create the run as a child of this MLflow run (tag mlflow.parentRunId), e.g. the parent run of a sweep."
+    )
 
 
 class WandbConfig(Section):
@@ -203,7 +206,9 @@ class LoggingConfig(Section):
     histogram_every_n_steps: int | None = Field(None, ge=1, description="Log weight and gradient histograms to TensorBoard every N steps.")
     progress: Literal["auto", "on", "off"] = Field("auto", description="Console progress bar; auto: only on a terminal.")
     plots: bool = Field(True, description="Write learning-curve PNGs at the end of training.")
-    fail_soft: bool = Field(False, description="Continue when a tracking backend cannot be reached at start.")
+    fail_soft: bool = Field(
+        False, description="Continue without a tracking backend that cannot be reached at start (default: exit with an error)."
+    )
     mlflow: MlflowConfig = Field(default_factory=lambda: MlflowConfig(), description="MLflow tracking.")
     wandb: WandbConfig = Field(default_factory=lambda: WandbConfig(), description="Weights & Biases tracking.")
 

@@ -72,6 +72,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     (run.eval_dir / "metrics.json").write_text(json.dumps({"split": split, "checkpoint": checkpoint, "metrics": values}, indent=2))
     if config.task == "classification" and outputs:
         _classification_report(run, data.class_names, metrics.num_classes, outputs, split)
+    from taktstock.tracking.mlflow import log_evaluation
+
+    log_evaluation(run, config, values, split)  # into the training run's MLflow run, if it has one
     if not quiet:
         from taktstock.tracking.console import print_table
 

@@ -38,6 +38,11 @@ class TensorBoardTracker:
     def log_summary(self, final: dict[str, float]) -> None:
         self.writer.add_hparams(self._hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
 
+    def log_run_outputs(self, run: Any, final: dict[str, float]) -> None:
+        """End of training: the config's scalars with the final validation metrics (HPARAMS tab)."""
+        if final:
+            self.log_summary(final)
+
     def log_artifact(self, path: Path) -> None:
         pass
 

@@ -78,11 +78,12 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
 
         ckpts = AsyncCheckpointManager(ckpts)
     start, ckpt_state = _newest_checkpoint(ckpts, run, dist, force) if resuming else (None, None)
+    # Trackers are built (and a tracking server probed) before the run directory is touched.
+    trackers = TrackerGroup(build_trackers(config, run, dist) if dist.is_main else [], fail_soft=config.logging.fail_soft)
     if dist.is_main:
         if not resuming:
             _clear_previous_run(run)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
-    trackers = TrackerGroup(build_trackers(config, run, dist) if dist.is_main else [])
     metrics_file = MetricsFile(run.metrics)
     parts = TrainerParts(
         config=config,
@@ -147,8 +148,16 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
                 print(
                     f"warning: skipped {trainer.state.nan_skips} batch(es) with a non-finite loss (train.nan_policy=skip)", file=sys.stderr
                 )
-            trackers.finish("FINISHED" if status == "completed" else "FAILED" if status in ("failed", "aborted") else "KILLED")
-    return _finish(config, run, trainer, parts, dist)
+            if status != "completed":
+                trackers.finish("FAILED" if status in ("failed", "aborted") else "KILLED")
+    try:
+        result = _finish(config, run, trainer, parts, dist)
+        if dist.is_main:
+            trackers.call("log_run_outputs", run, result.final_metrics)  # config, plots, best model
+    finally:
+        if dist.is_main:
+            trackers.finish("FINISHED")
+    return result
 
 
 def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, dist: DistEnv) -> RunResult:
