@@ -17,9 +17,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from taktstock.commands import config_cmd, evaluate_cmd, prepare_cmd, train_cmd
+    from taktstock.commands import config_cmd, evaluate_cmd, prepare_cmd, train_cmd, tune_cmd
 
-    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd):
+    for module in (train_cmd, evaluate_cmd, prepare_cmd, config_cmd, tune_cmd):
         module.register(app)
 
 

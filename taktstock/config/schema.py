@@ -168,6 +168,7 @@ class MlflowConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment name (default: experiment.name).")
     register_model: bool = Field(False, description="Register the best model in the MLflow Model Registry.")
     log_model: bool = Field(True, description="Log the best model as an MLflow PyTorch model at the end of training.")
+    parent_run_id: str | None = Field(None, description="Log this run as a child of that MLflow run (set by `taktstock tune`).")
 
 
 class WandbConfig(Section):
