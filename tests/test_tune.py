@@ -140,7 +140,7 @@ def test_ray_tune_backend_small_search(workdir: Path) -> None:
     run_cli("tune", str(cfg), "--backend", "ray", "--workers", "2", "--out", "sweep", cwd=workdir, check=True, timeout=400)
     rows = read_trials(workdir / "sweep")
     assert sorted(int(r["number"]) for r in rows) == [0, 1, 2]
-    assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"} and "COMPLETE" in {r["state"] for r in rows}
+    assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"} and "COMPLETE" in {r["state"] for r in rows}, rows
     best = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: float(r["value"]))
     assert yaml.safe_load((workdir / "sweep" / "best.yaml").read_text()) == yaml.safe_load(Path(best["run_dir"], "config.yaml").read_text())
     assert (workdir / "sweep" / "ray" / "tune").is_dir()

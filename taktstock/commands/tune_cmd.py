@@ -33,12 +33,15 @@ def tune(
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="optuna or ray (Ray Tune with OptunaSearch + ASHA).")] = "optuna",
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (--backend ray); default: a local Ray.")] = None,
+    nproc_per_trial: Annotated[
+        int, typer.Option("--nproc-per-trial", help="Processes per trial (torchrun); all ranks train the trial's materialised config.")
+    ] = 1,
 ) -> None:
     """Search hyperparameters: taktstock tune sweep.yaml --trials 20 --workers 2"""
     from taktstock.tuning.runner import TuneOptions, run_sweep
 
     config_path, overrides = split_config_args(args)
-    opts = TuneOptions(config_path, overrides, trials, timeout, workers, storage, study, out, backend, address)
+    opts = TuneOptions(config_path, overrides, trials, timeout, workers, storage, study, out, backend, address, nproc_per_trial)
     try:
         run_sweep(opts)
     except KeyboardInterrupt:

@@ -69,6 +69,7 @@ def _run_here(
         sweep_dir,
         deadline,
         spec.parent_run_id,
+        spec.nproc_per_trial,
         on_trial=lambda n, p, o: print(trial_line(n, p, o, space), flush=True),
     )
 

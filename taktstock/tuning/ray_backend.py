@@ -23,7 +23,7 @@ METRIC = "objective"  # the monitored value under a fixed name (Ray splits metri
 EXPERIMENT = "tune"
 
 
-def _trainable(params: dict[str, Any], sweep_dir: str, cwd: str, parent_run_id: str | None, threads: int) -> None:
+def _trainable(params: dict[str, Any], sweep_dir: str, cwd: str, parent_run_id: str | None, threads: int, nproc: int) -> None:
     """One Ray trial: a taktstock run in SWEEP_DIR/trials/trial-NNNN, reporting after every validation."""
     os.chdir(cwd)  # Ray starts trials elsewhere; relative paths of the experiment (data cache, ...) are the user's
     import torch
@@ -45,7 +45,7 @@ def _trainable(params: dict[str, Any], sweep_dir: str, cwd: str, parent_run_id: 
             return True
         return False
 
-    outcome = run_trial(space.trial_config(params, parent_run_id), run_dir, report)
+    outcome = run_trial(space.trial_config(params, parent_run_id), run_dir, report, nproc=nproc)
     (run_dir / "tune_outcome.json").write_text(json.dumps({"state": outcome.state, "value": outcome.value, "reason": outcome.reason}))
     if outcome.state == "FAIL":
         raise RuntimeError(outcome.reason)
@@ -83,7 +83,7 @@ def run(
     sweep_dir = sweep_dir.resolve()
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    cpus = max(2, workers)
+    cpus = max(2, workers * spec.nproc_per_trial)
     if address:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     else:
@@ -93,9 +93,14 @@ def run(
             budget = min(budget, st.grid_size(space))
         trainable = tune.with_resources(
             tune.with_parameters(
-                _trainable, sweep_dir=str(sweep_dir), cwd=os.getcwd(), parent_run_id=spec.parent_run_id, threads=max(1, cpus // workers)
+                _trainable,
+                sweep_dir=str(sweep_dir),
+                cwd=os.getcwd(),
+                parent_run_id=spec.parent_run_id,
+                threads=max(1, cpus // workers),
+                nproc=spec.nproc_per_trial,
             ),
-            {"cpu": 1},
+            {"cpu": spec.nproc_per_trial},
         )
         storage = sweep_dir / "ray"
         path = storage / EXPERIMENT

@@ -24,6 +24,7 @@ class TuneOptions:
     out: Path | None = None
     backend: str = "optuna"
     address: str | None = None
+    nproc_per_trial: int = 1
 
 
 def run_sweep(opts: TuneOptions) -> tuple[Path, TrialRecord | None]:
@@ -35,6 +36,8 @@ def run_sweep(opts: TuneOptions) -> tuple[Path, TrialRecord | None]:
     config = load_config(opts.config, opts.overrides)
     space = SearchSpace(config)  # every dimension is checked here, before anything runs
     st.check_sampler(config.tune, space)
+    if opts.nproc_per_trial < 1:
+        raise UserError(f"--nproc-per-trial must be >= 1 (got {opts.nproc_per_trial})")
     if opts.workers < 1:
         raise UserError(f"--workers must be >= 1 (got {opts.workers})")
     budget = opts.trials if opts.trials is not None else config.tune.trials
@@ -67,6 +70,7 @@ def run_sweep(opts: TuneOptions) -> tuple[Path, TrialRecord | None]:
             from taktstock.tuning.mlflow_parent import start_parent_run
 
             spec.parent_run_id = start_parent_run(config, spec.study, sweep_dir, spec.parent_run_id)
+        spec.nproc_per_trial = opts.nproc_per_trial
         spec.write(sweep_dir)
         print(f"sweep directory: {sweep_dir}")
         ok = False

@@ -217,6 +217,7 @@ def run_worker(
     sweep_dir: Path,
     deadline: float | None,
     parent_run_id: str | None = None,
+    nproc: int = 1,
     on_trial: Callable[[int, dict[str, Any], TrialOutcome], None] | None = None,
 ) -> int:
     """Ask and run trials until the study holds `budget` counted trials or the deadline passes; returns trials run."""
@@ -249,7 +250,7 @@ def run_worker(
                 except UserError as exc:
                     outcome = TrialOutcome("FAIL", None, run_dir, f"invalid sampled config: {exc}")
                 else:
-                    outcome = run_trial(config, run_dir, report)
+                    outcome = run_trial(config, run_dir, report, nproc=nproc)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", INTERRUPTED)
             study.tell(trial, state=TrialState.FAIL)

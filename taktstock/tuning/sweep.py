@@ -32,6 +32,7 @@ class SweepSpec:
     storage: str | None
     parent_run_id: str | None = None
     created: float = 0.0
+    nproc_per_trial: int = 1
 
     @classmethod
     def read(cls, sweep_dir: Path) -> SweepSpec | None:
@@ -39,7 +40,7 @@ class SweepSpec:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def write(self, sweep_dir: Path) -> None:
         from taktstock.checkpoint.atomic import atomic_write_text

@@ -37,6 +37,7 @@ def main(argv: list[str]) -> int:
         sweep_dir,
         deadline or None,
         spec.parent_run_id,
+        spec.nproc_per_trial,
         on_trial=lambda n, p, o: print(trial_line(n, p, o, space), flush=True),
     )
     return 0
