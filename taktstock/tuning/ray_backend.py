@@ -41,7 +41,7 @@ def _trainable(params: dict[str, Any], sweep_dir: str, cwd: str, parent_run_id: 
     def report(value: float, index: int) -> bool:
         try:
             tune.report({METRIC: value, "validation": index + 1})
-        except SystemExit:  # Ray's way to stop a trial the scheduler dropped: end the run cleanly as pruned
+        except (SystemExit, Exception):  # Ray stops a trial the scheduler dropped (SystemExit): end the run cleanly as pruned
             return True
         return False
 
@@ -155,13 +155,13 @@ def _records(results: Any, mode: str, sweep_dir: Path) -> list[TrialRecord]:
         outcome_file = run_dir / "tune_outcome.json"
         outcome = json.loads(outcome_file.read_text()) if outcome_file.exists() else None
         params = {k: v for k, v in (result.config or {}).items()}
-        if result.error is not None or (outcome and outcome["state"] == "FAIL"):
+        if outcome is not None and outcome["state"] != "FAIL":  # our own verdict wins over Ray's teardown of a stopped trial
+            state, value, reason = outcome["state"], outcome["value"], None
+        elif result.error is not None or outcome is not None:
             state, value = "FAIL", None
             reason = (outcome or {}).get("reason") or str(result.error).strip().splitlines()[-1][:500]
-        elif outcome is None:  # stopped by the scheduler before the run finished
+        else:  # stopped by the scheduler before the run could record its outcome
             state, value, reason = "PRUNED", (max(values) if mode == "max" else min(values)) if values else None, None
-        else:  # the run ended by itself, or cleanly after the scheduler's stop (PRUNED)
-            state, value, reason = outcome["state"], outcome["value"], None
         duration = result.metrics.get("time_total_s") if result.metrics else None
         records.append(TrialRecord(number, state, value, params, duration, str(run_dir), reason, len(values)))
     return records
