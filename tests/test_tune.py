@@ -182,6 +182,15 @@ def test_invalid_dimensions_are_rejected_with_the_key_named(space: dict, sampler
     assert message in str(err.value)
 
 
+def test_optimizer_arguments_can_be_searched_without_a_base_value() -> None:
+    from taktstock.config.loader import validate
+    from taktstock.tuning.space import SearchSpace
+
+    space = {"optim.amsgrad": {"type": "categorical", "choices": [True, False]}}
+    s = SearchSpace(validate(sweep_config(space=space), {}, "test"))
+    assert s.trial_config({"optim.amsgrad": True}).optim.kwargs() == {"amsgrad": True}
+
+
 def test_model_name_search_drops_arguments_of_the_other_model() -> None:
     from taktstock.config.loader import validate
     from taktstock.tuning.space import SearchSpace
@@ -194,3 +203,26 @@ def test_model_name_search_drops_arguments_of_the_other_model() -> None:
     s = SearchSpace(config)
     assert s.trial_config({"model.name": "mlp", "model.hidden": "[8]"}).model.params()["hidden"] == [8]
     assert "hidden" not in s.trial_config({"model.name": "cnn", "model.hidden": "[8]"}).model.params()
+
+
+def test_mlflow_sweep_has_one_parent_run_and_trials_point_to_it(workdir: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    mlflow = {"enabled": True, "tracking_uri": uri, "experiment": "sweeps", "log_model": False}
+    config = sweep_config(trials=2, pruner="none")
+    config["logging"] = config["logging"] | {"mlflow": mlflow}
+    cfg = write_config(workdir / "sweep.yaml", config)
+    run_cli("tune", str(cfg), "--out", "sweep", cwd=workdir, check=True)
+    parent_id = json.loads((workdir / "sweep" / "sweep.json").read_text())["parent_run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["taktstock.kind"] == "sweep"
+    rows = read_trials(workdir / "sweep")
+    best = max(rows, key=lambda r: float(r["value"]))
+    assert parent.data.metrics["best/val_acc"] == float(best["value"])
+    assert parent.data.tags["best_trial"] == best["number"]
+    for r in rows:  # every trial is told to log as a child of the sweep's run
+        assert yaml.safe_load(Path(r["run_dir"], "config.yaml").read_text())["logging"]["mlflow"]["parent_run_id"] == parent_id
+    assert yaml.safe_load((workdir / "sweep" / "best.yaml").read_text())["logging"]["mlflow"]["parent_run_id"] is None
+    assert {a.path for a in client.list_artifacts(parent_id)} >= {"trials.csv", "best.yaml"}

@@ -112,6 +112,9 @@ class SearchSpace:
             # With model.name searched, a model argument may belong to another model than the base one.
             if parts[0] == "model" and len(parts) == 2 and self._model_choices_accept(parts[1]):
                 return
+            # Optimizer arguments (momentum, betas, ...) need not be in the base config.
+            if parts[0] == "optim" and len(parts) == 2 and self._optimizer_accepts(parts[1]):
+                return
             here = ".".join(parts[:i]) or "the top level"
             import difflib
 
@@ -127,6 +130,14 @@ class SearchSpace:
 
     def _model_choices_accept(self, arg: str) -> bool:
         return bool(self._model_names_accepting(arg))
+
+    def _optimizer_accepts(self, arg: str) -> bool:
+        import inspect
+
+        from taktstock.training.optim import optimizer_class
+
+        cls = optimizer_class(self.base["optim"]["name"])
+        return arg in set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
 
     def _context_for(self, key: str) -> dict[str, Any]:
         """Other values needed to check one dimension alone: a model that takes a searched model argument."""
