@@ -11,7 +11,12 @@ DEFAULT_URI = "sqlite:///experiments/mlflow.db"
 
 
 def _client(config: Config) -> Any:
-    from mlflow.tracking import MlflowClient
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        from taktstock.errors import UserError
+
+        raise UserError("logging.mlflow.enabled needs MLflow: pip install 'taktstock[mlflow]'") from None
 
     uri = config.logging.mlflow.tracking_uri or DEFAULT_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

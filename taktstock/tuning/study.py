@@ -254,7 +254,8 @@ def run_worker(
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", INTERRUPTED)
             study.tell(trial, state=TrialState.FAIL)
-            optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study._storage.get_trial(trial._trial_id))
+            # A deliberate stop says nothing about the parameters: always re-queue (a crash is retried once only).
+            optuna.storages.RetryFailedTrialCallback(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
             raise
         trial.set_user_attr("duration_s", round(outcome.duration_s, 3))
         if outcome.state == "COMPLETE":
