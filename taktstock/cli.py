@@ -28,9 +28,22 @@ def _register() -> None:
         promote_cmd,
         runs_cmd,
         train_cmd,
+        tune_cmd,
     )
 
-    modules = (train_cmd, evaluate_cmd, prepare_cmd, config_cmd, runs_cmd, new_cmd, pipeline_cmd, promote_cmd, export_cmd, predict_cmd)
+    modules = (
+        train_cmd,
+        evaluate_cmd,
+        prepare_cmd,
+        config_cmd,
+        runs_cmd,
+        tune_cmd,
+        new_cmd,
+        pipeline_cmd,
+        promote_cmd,
+        export_cmd,
+        predict_cmd,
+    )
     for module in modules:
         module.register(app)
 

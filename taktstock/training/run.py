@@ -44,8 +44,12 @@ def train(
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     force: bool = False,
+    callbacks: list[Any] | None = None,
 ) -> RunResult:
-    """Train an experiment; with `resume`, continue the run in that directory from its newest valid checkpoint."""
+    """Train an experiment; with `resume`, continue the run in that directory from its newest valid checkpoint.
+
+    `callbacks` are extra trainer callbacks (after those of train.callbacks), e.g. a tuning trial's pruning reporter.
+    """
     if resume is not None:
         run = RunDir(Path(resume))
         config = check_resume_compatible(run, config, overrides, force)
@@ -58,12 +62,12 @@ def train(
     try:
         # Under torchrun every rank must use rank 0's run directory (names carry a timestamp).
         run = RunDir(Path(dist.broadcast_object(str(run.root))))
-        return _train(config, run, dist, resuming=resume is not None, force=force)
+        return _train(config, run, dist, resuming=resume is not None, force=force, callbacks=callbacks)
     finally:
         teardown_distributed(dist)
 
 
-def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool) -> RunResult:
+def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool, callbacks: list[Any] | None = None) -> RunResult:
     device = components.select_device(config, dist)
     seed_everything(config.seed, config.train.deterministic)
     data = prepare(config)
@@ -104,7 +108,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         autocast=components.autocast_for(config, device),
         step_fn=components.step_fn_for(config),
         dist=dist,
-        callbacks=components.callbacks_for(config),
+        callbacks=components.callbacks_for(config) + list(callbacks or []),
         save_best_weights=(lambda state=None: components.save_weights(model, run.best, state)) if dist.is_main else None,
     )
     trainer = Trainer(parts)
