@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from taktstock.errors import ConfigError, UserError
-from taktstock.pipelines.mlflow_uri import artifact_location, tracking_uri
 from taktstock.pipelines.paths import promote_metric
 from taktstock.run_dir import RunDir
+from taktstock.tracking.mlflow import artifact_location, tracking_uri_for
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_METRIC, TAG_VALUE, TAG_RUN_DIR = "taktstock.metric", "taktstock.metric_value", "taktstock.run_dir"
@@ -70,7 +70,7 @@ def promote(run_dir: str | Path) -> Promotion:
 
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri(config)
+    uri = tracking_uri_for(config)
     try:
         result = _promote(run, config, metric, mode, metrics, value, uri)
     except MlflowException as exc:

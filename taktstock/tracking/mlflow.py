@@ -53,13 +53,22 @@ def bound_http_retries() -> None:
 def resolve_tracking_uri(uri: str | None) -> str:
     """The configured URI with relative SQLite paths made absolute (evaluate may run elsewhere)."""
     if not uri:
+        EMBEDDED_DB.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{EMBEDDED_DB.resolve()}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     return uri
 
 
-def _artifact_location(uri: str) -> str | None:
+def tracking_uri_for(config: Config) -> str:
+    """The one place taktstock decides where MLflow data lives (training, evaluate, tune, promote):
+    logging.mlflow.tracking_uri, else the embedded SQLite store; never MLflow's ./mlruns file store.
+    $MLFLOW_TRACKING_URI is deliberately not read: mlflow.set_tracking_uri() sets it process-wide,
+    so one in-process run would silently redirect the next."""
+    return resolve_tracking_uri(config.logging.mlflow.tracking_uri)
+
+
+def artifact_location(uri: str) -> str | None:
     """Local artifact root for a SQLite backend (next to the database); servers choose their own."""
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -98,12 +107,13 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _experiment_id(client: Any, name: str, uri: str) -> str:
+def experiment_id(client: Any, name: str, uri: str) -> str:
+    """Id of the named experiment, created (with local artifacts for SQLite) when missing."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
     except Exception:
         exp = client.get_experiment_by_name(name)  # created concurrently by another run (parallel trials)
         if exp is None:
@@ -195,7 +205,7 @@ class MlflowTracker:
         self.cfg = config.logging.mlflow
         self.config = config
         self.run = run
-        self.uri = resolve_tracking_uri(self.cfg.tracking_uri)
+        self.uri = tracking_uri_for(config)
         self.experiment = self.cfg.experiment or config.experiment.name
         self.client: Any = None
         self.run_id: str | None = None
@@ -218,7 +228,7 @@ class MlflowTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             self.logged_upto = self._last_logged_steps()
         else:
-            self.experiment_id = _experiment_id(self.client, self.experiment, self.uri)
+            self.experiment_id = experiment_id(self.client, self.experiment, self.uri)
             tags = provenance() | dict(self.config.experiment.tags) | {"taktstock.run_dir": str(self.run.root.resolve())}
             tags["mlflow.source.name"] = "taktstock"
             if "git.commit" in tags:
@@ -321,7 +331,7 @@ def log_evaluation(run: RunDir, config: Config, metrics: dict[str, float], split
     info = run.read_info().get("mlflow") or {}
     if not config.logging.mlflow.enabled or not info.get("run_id"):
         return
-    uri = info.get("tracking_uri") or resolve_tracking_uri(config.logging.mlflow.tracking_uri)
+    uri = info.get("tracking_uri") or tracking_uri_for(config)
     try:
         probe(uri)
     except UserError as exc:

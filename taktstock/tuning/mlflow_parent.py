@@ -7,32 +7,30 @@ from typing import Any
 
 from taktstock.config.schema import Config
 
-DEFAULT_URI = "sqlite:///experiments/mlflow.db"
 
-
-def _client(config: Config) -> Any:
+def _client(config: Config) -> tuple[Any, str]:
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
         from taktstock.errors import UserError
 
         raise UserError("logging.mlflow.enabled needs MLflow: pip install 'taktstock[mlflow]'") from None
+    from taktstock.tracking.mlflow import tracking_uri_for
 
-    uri = config.logging.mlflow.tracking_uri or DEFAULT_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    uri = tracking_uri_for(config)
+    return MlflowClient(tracking_uri=uri), uri
 
 
 def start_parent_run(config: Config, study: str, sweep_dir: Path, existing: str | None) -> str:
     """Create the sweep's parent run (or reopen the one a resumed sweep already has); returns its id."""
-    client = _client(config)
+    client, uri = _client(config)
     if existing is not None:
         client.update_run(existing, status="RUNNING")
         return existing
     name = config.logging.mlflow.experiment or config.experiment.name
-    exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    from taktstock.tracking.mlflow import experiment_id
+
+    exp_id = experiment_id(client, name, uri)
     run = client.create_run(
         exp_id, run_name=f"sweep-{study}", tags={"taktstock.sweep_dir": str(sweep_dir.resolve()), "taktstock.kind": "sweep"}
     )
@@ -45,7 +43,7 @@ def finish_parent_run(config: Config, run_id: str, best: Any, params: dict[str, 
     """Log the best trial's value and parameters and the sweep outputs to the parent run, and close it."""
     import math
 
-    client = _client(config)
+    client, _ = _client(config)
     if best is not None and best.value is not None and math.isfinite(best.value):
         client.log_metric(run_id, "best/" + config.metrics.monitor.replace("/", "_"), float(best.value))
         client.set_tag(run_id, "best_trial", str(best.number))
