@@ -10,6 +10,8 @@
 #   PG_DIR=<temp dir>      (pass to pg_stop.sh)
 #   PG_PORT=<port>
 set -euo pipefail
+# runuser lives in /usr/sbin, which a minimal PATH (cron, CI runners, env -i) may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}
 [ -x "$PG_BIN/initdb" ] || { echo "pg_start: no initdb under '$PG_BIN' (apt-get install -y postgresql)" >&2; exit 1; }

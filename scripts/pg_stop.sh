@@ -2,6 +2,8 @@
 # Stop a server started by pg_start.sh and remove its temp dir.
 # Usage: pg_stop.sh PG_DIR [PG_PID]
 set -uo pipefail
+# runuser lives in /usr/sbin, which a minimal PATH (cron, CI runners, env -i) may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 DIR=${1:?usage: pg_stop.sh PG_DIR [PG_PID]}
 PID=${2:-}
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}
