@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ class MetricsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mode = "r+b" if self.path.exists() else "w+b"
         self._f = open(self.path, mode)  # noqa: SIM115 - kept open for the run
-        if truncate_to is not None:
-            self._f.truncate(truncate_to)
-        else:
-            self._f.truncate(0)
+        size = self._f.seek(0, os.SEEK_END)
+        if truncate_to is not None and truncate_to > size:
+            # Lost with the page cache (power loss): never pad with zero bytes; keep what survived.
+            print(f"warning: {self.path} is shorter than at the checkpoint ({size} < {truncate_to} bytes)", file=sys.stderr)
+            truncate_to = size
+        self._f.truncate(truncate_to or 0)
         self._f.seek(0, os.SEEK_END)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -34,6 +37,8 @@ class MetricsFile:
         self._f.flush()
 
     def offset(self) -> int:
+        """Length of the log, made durable first: a checkpoint must never point past what is on disk."""
+        os.fsync(self._f.fileno())
         return self._f.tell()
 
     def close(self) -> None:

@@ -85,8 +85,8 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     # Trackers are built (and a tracking server probed) before the run directory is touched.
     trackers = TrackerGroup(build_trackers(config, run, dist) if dist.is_main else [], fail_soft=config.logging.fail_soft)
     if dist.is_main:
-        if not resuming:
-            _clear_previous_run(run)
+        if start is None:  # a fresh run, or a resume that found no valid checkpoint: start clean
+            _clear_previous_run(run, announce=not resuming)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
     metrics_file = MetricsFile(run.metrics)
     parts = TrainerParts(
@@ -244,7 +244,7 @@ def _freeze_schedule_horizon(trainer: Trainer, ckpt_state: dict[str, Any]) -> No
         )
 
 
-def _clear_previous_run(run: RunDir) -> None:
+def _clear_previous_run(run: RunDir, announce: bool = True) -> None:
     """A fresh run in the directory of an earlier one replaces its results.
 
     Left in place, the old run's higher-numbered checkpoints would be kept over the new ones by
@@ -255,8 +255,10 @@ def _clear_previous_run(run: RunDir) -> None:
         return
     import shutil
 
-    print(f"note: {run.root} held an earlier run; replacing its results (use --resume {run.root} to continue it)", file=sys.stderr)
-    for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots):
+    if announce:
+        print(f"note: {run.root} held an earlier run; replacing its results (use --resume {run.root} to continue it)", file=sys.stderr)
+    # A resume that found no valid checkpoint keeps the (damaged) checkpoint files for inspection.
+    for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots) if announce else (run.eval_dir, run.tensorboard, run.plots):
         shutil.rmtree(path, ignore_errors=True)
     for path in (run.metrics, run.model, run.best, run.info):
         path.unlink(missing_ok=True)
