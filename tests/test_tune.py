@@ -69,7 +69,10 @@ def test_study_prunes_writes_outputs_and_best_yaml_reproduces_best_score(workdir
 
 
 def test_killed_study_resumes_with_the_remaining_trials_and_no_duplicate_numbers(workdir: Path) -> None:
-    cfg = write_config(workdir / "sweep.yaml", sweep_config(trials=4, pruner="none"))
+    raw = sweep_config(trials=4, pruner="none")
+    # Long enough trials (~200 steps) that the kill, sent when trial 1 logs its first line, lands inside it.
+    raw["train"]["epochs"] = 20
+    cfg = write_config(workdir / "sweep.yaml", raw)
     args = [sys.executable, "-m", "taktstock", "tune", str(cfg), "--out", "sweep"]
     proc = subprocess.Popen(args, cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
