@@ -154,13 +154,15 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
                 )
             if status != "completed":
                 trackers.finish("FAILED" if status in ("failed", "aborted") else "KILLED")
+    outcome = "FAILED"  # writing the final weights or plots can still fail
     try:
         result = _finish(config, run, trainer, parts, dist)
         if dist.is_main:
             trackers.call("log_run_outputs", run, result.final_metrics)  # config, plots, best model
+        outcome = "FINISHED"
     finally:
         if dist.is_main:
-            trackers.finish("FINISHED")
+            trackers.finish(outcome)
     return result
 
 

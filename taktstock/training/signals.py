@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 from types import FrameType
 from typing import Any
 
@@ -46,7 +45,3 @@ class PreemptionHandler:
 
 def exit_code_for(signal_name: str) -> int:
     return 128 + int(getattr(signal, signal_name))
-
-
-def eprint(*args: Any) -> None:
-    print(*args, file=sys.stderr)
