@@ -99,14 +99,17 @@ class Workload:
 
 
 # -- taktstock ---------------------------------------------------------------------------------
-def taktstock_run(w: Workload, in_memory: str, tag: str, defaults: bool = False) -> tuple[float, int]:
+def taktstock_run(w: Workload, in_memory: str, tag: str, defaults: bool = False, fused: bool | None = None) -> tuple[float, int]:
     """Loop rows: no periodic checkpoints, timed from the first to the last optimizer step. `defaults`:
-    default checkpointing (each epoch end + every 500 steps), timed to the end of Trainer.fit."""
+    default checkpointing (each epoch end + every 500 steps), timed to the end of Trainer.fit. `fused`:
+    optim.fused (None: taktstock's default, the fused kernel where torch has one)."""
     from benchmarks.timing import MARKS
     from taktstock.config.loader import validate
     from taktstock.training.run import train as run_train
 
     raw = w.config(in_memory)
+    if fused is not None:
+        raw["optim"]["fused"] = fused
     if not defaults:
         raw["checkpoint"] = {"every_n_steps": None, "every_epoch": False, "save_best": False}
     config = validate(raw, {}, "<benchmark>")
@@ -129,10 +132,11 @@ def _train_samples(w: Workload) -> int:
 # -- hand-written PyTorch ------------------------------------------------------------------------
 class HandWritten:
     """The loop a competent PyTorch user writes: DataLoader (or in-memory indexing), AdamW, and on
-    CUDA pinned memory, non_blocking copies, channels_last, bf16 autocast, fused AdamW, cudnn.benchmark."""
+    CUDA pinned memory, non_blocking copies, channels_last, bf16 autocast, fused AdamW, cudnn.benchmark.
+    `fused` (default: on CUDA only, PyTorch's own default) selects the fused AdamW kernel."""
 
-    def __init__(self, w: Workload, in_memory: bool) -> None:
-        self.w, self.in_memory = w, in_memory
+    def __init__(self, w: Workload, in_memory: bool, fused: bool | None = None) -> None:
+        self.w, self.in_memory, self.fused = w, in_memory, fused
         self.x_np, self.y_np = w.arrays()
         self.device = torch.device(w.device)
 
@@ -145,7 +149,8 @@ class HandWritten:
         model = w.build_model(self.x_np, self.y_np).to(device)
         if w.channels_last and cuda:
             model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, **({"fused": True} if cuda else {}))
+        fused = cuda if self.fused is None else self.fused
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, **({"fused": True} if fused else {}))
         loss_fn = nn.CrossEntropyLoss()
         x, y = torch.from_numpy(self.x_np), torch.from_numpy(self.y_np)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if w.precision == "bf16" else contextlib.nullcontext()

@@ -153,6 +153,7 @@ BAD_CONFIGS = {
     "unknown_optimizer": ({"optim": {"name": "adamax2"}}, [], ["optim.name", "unknown optimizer 'adamax2'"]),
     "unknown_optimizer_argument": ({"optim": {"name": "adam", "momentum": 0.9}}, [], ["optim.momentum", "no argument 'momentum'"]),
     "invalid_optimizer_value": ({"optim": {"name": "sgd", "momentum": -1}}, [], ["optim", "momentum"]),
+    "fused_without_fused_kernel": ({"optim": {"name": "rmsprop"}}, ["optim.fused=true"], ["optim.fused", "RMSprop has no fused"]),
     "unknown_loss": ({"loss": {"name": "hinge"}}, [], ["loss.name", "unknown loss 'hinge'"]),
     "unknown_scheduler": ({"scheduler": {"name": "linear_decay"}}, [], ["scheduler.name", "linear_decay"]),
     "unknown_monitor": ({"metrics": {"monitor": "val/accuracy"}}, [], ["metrics.monitor", "val/accuracy", "val/acc"]),

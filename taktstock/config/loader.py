@@ -232,6 +232,8 @@ def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None
                 f"{_where(source, lines, f'optim.{key}')}optim.{key}: {cls.__name__} has no argument '{key}'"
                 + _suggest(key, sorted(accepted))
             )
+    if config.optim.fused and "fused" not in accepted:
+        raise ConfigError(f"{_where(source, lines, 'optim.fused')}optim.fused: {cls.__name__} has no fused implementation")
     # Values are checked by the optimizer itself, on a dummy parameter, before any run directory exists.
     import torch
 

@@ -87,6 +87,12 @@ class OptimConfig(BaseModel):
     name: str = Field("adamw", description="Any torch.optim optimizer by name (adam, adamw, sgd, rmsprop, ...).")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    fused: bool | None = Field(
+        None,
+        description="One fused kernel for all parameters. Default: on where torch has one for this optimizer and "
+        "device (Adam, AdamW, SGD, Adagrad on CPU and CUDA), unless foreach/capturable/differentiable is set; "
+        "false keeps torch's default implementation.",
+    )
 
     def kwargs(self) -> dict[str, Any]:
         """Extra optimizer keyword arguments (momentum, betas, ...)."""

@@ -143,24 +143,24 @@ class InMemoryBatches:
         host_index = torch.from_numpy(np.concatenate(batches))
         index = host_index.to(self.device)  # one copy per epoch
         pin = self.device.type == "cuda"
-        pos = 0
-        for idx in batches:
-            sel = slice(pos, pos + len(idx))
-            pos += len(idx)
+        sizes = [len(b) for b in batches]
+        # All of the epoch's per-batch index views in one op (slicing per batch costs one op each).
+        for idx, part, host_part in zip(batches, index.split(sizes), host_index.split(sizes), strict=True):
             if self.augment is None:
-                x = _gather(self.x, index[sel], self.pin)
+                x = _gather(self.x, part, self.pin)
             else:
-                x = augment_batch(self.x[host_index[sel]], idx, epoch, self.seed, self.augment)
+                x = augment_batch(_gather(self.x, host_part, False), idx, epoch, self.seed, self.augment)
                 if self.device.type != "cpu":
                     x = (x.pin_memory() if pin else x).to(self.device, non_blocking=True)
                 elif self.pin:
                     x = x.pin_memory()
-            yield x, _gather(self.y, index[sel], self.pin)
+            yield x, _gather(self.y, part, self.pin)
 
 
 def _gather(t: torch.Tensor, index: torch.Tensor, pin: bool) -> torch.Tensor:
+    """Rows `index` of `t`; index_select is the same as t[index] at half the dispatch cost."""
     if not pin:
-        return t[index]
+        return torch.index_select(t, 0, index)
     out = torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
     return torch.index_select(t, 0, index, out=out)
 

@@ -79,13 +79,16 @@ class DistEnv:
         """Running loss/correct/count sums added over ranks (a copy; the local sums are untouched)."""
         if not self.enabled:
             return sums
+        import torch
         import torch.distributed as dist
 
         from taktstock.training.state import Sums
 
-        total = Sums(sums.loss.clone(), sums.correct.clone(), sums.count.clone())
-        for t in (total.loss, total.correct, total.count):
+        count = torch.tensor(sums.count, dtype=torch.int64, device=sums.loss.device)
+        total = Sums(sums.loss.clone(), sums.correct.clone())
+        for t in (total.loss, total.correct, count):
             dist.all_reduce(t)
+        total.count = int(count)
         return total
 
     def gather_object(self, obj: Any) -> list[Any]:

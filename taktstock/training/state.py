@@ -10,23 +10,14 @@ import torch
 
 @dataclass
 class Sums:
-    """Running sums on the device (no host sync per step): loss * n, correct predictions, samples."""
+    """Running sums: loss * n and correct predictions on the device (no host sync per step), samples as an int."""
 
     loss: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
-    count: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
-
-    def to(self, device: torch.device) -> Sums:
-        return Sums(self.loss.to(device), self.correct.to(device), self.count.to(device))
-
-    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
-        self.loss.add_(loss.detach(), alpha=n)  # computed in float64, like loss.double() * n, in one op
-        if correct is not None:
-            self.correct += correct
-        self.count += n
+    count: int = 0
 
     def means(self, prefix: str, suffix: str, classification: bool) -> dict[str, float]:
-        n = max(int(self.count), 1)
+        n = max(self.count, 1)
         out = {f"{prefix}/loss{suffix}": float(self.loss) / n}
         if classification:
             out[f"{prefix}/acc{suffix}"] = int(self.correct) / n
@@ -35,16 +26,20 @@ class Sums:
     def reset(self) -> None:
         self.loss.zero_()
         self.correct.zero_()
-        self.count.zero_()
+        self.count = 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        # clone: the sums may be views of a shared accumulator (Trainer), a checkpoint holds just these values
-        return {"loss": self.loss.detach().clone().cpu(), "correct": self.correct.clone().cpu(), "count": self.count.clone().cpu()}
+        # clone: the sums may be views of a shared accumulator (StepTally); a checkpoint holds just these values
+        return {
+            "loss": self.loss.detach().clone().cpu(),
+            "correct": self.correct.clone().cpu(),
+            "count": torch.tensor(self.count, dtype=torch.int64),
+        }
 
     def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
         self.loss.copy_(d["loss"])
         self.correct.copy_(d["correct"])
-        self.count.copy_(d["count"])
+        self.count = int(d["count"])
 
 
 @dataclass

@@ -12,6 +12,7 @@ Exact resume rests on three rules kept here:
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from taktstock.config.schema import Config
 from taktstock.data.loaders import Batch, TrainBatches
 from taktstock.errors import TrainingAborted
 from taktstock.evaluation.loop import run_eval
-from taktstock.metrics.collection import EpochMetrics, class_scores
+from taktstock.metrics.collection import EpochMetrics
 from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.console import ConsoleProgress
 from taktstock.tracking.jsonl import MetricsFile
@@ -37,6 +38,7 @@ from taktstock.training.rng import capture_rng, restore_rng
 from taktstock.training.signals import PreemptionHandler
 from taktstock.training.state import LoopState, Sums
 from taktstock.training.step import StepFn, batch_size_of, normalize_step_output, to_device
+from taktstock.training.tally import StepTally
 
 # Schedulers whose shape depends on the total number of steps. Their horizon is frozen at the first
 # run's value (stored in checkpoints), so extending train.epochs/max_steps on resume continues the
@@ -85,13 +87,13 @@ class Trainer:
         self.cfg = parts.config
         self.state = LoopState()
         self.classification = parts.config.task == "classification"
-        # Interval and epoch sums are the two lanes of one accumulator: one in-place op per quantity and
-        # step updates both (the per-step bookkeeping is ~3 small ops instead of ~10).
-        self._lanes = Sums(*(torch.zeros(2, dtype=t) for t in (torch.float64, torch.int64, torch.int64))).to(parts.device)
-        self.interval = Sums(self._lanes.loss[0], self._lanes.correct[0], self._lanes.count[0])
-        self.epoch_sums = Sums(self._lanes.loss[1], self._lanes.correct[1], self._lanes.count[1])
-        # Step of the first non-finite loss, kept on the device and checked only at sync points.
-        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=parts.device)
+        # Running loss/accuracy sums and the first non-finite loss: two device ops per step, read only at sync points.
+        self.tally = StepTally(parts.device)
+        # Per-step decisions fixed for the run, taken once (at ~1 ms per step every attribute chain counts).
+        # Batches come from the loaders as CPU tensors: on a CPU run they only move for channels_last.
+        self._move_batches = parts.device.type != "cpu" or parts.config.train.channels_last
+        self._no_sync = getattr(parts.forward_model, "no_sync", None)
+        self._skip_nan = parts.config.train.nan_policy == "skip"
         self.preemption = PreemptionHandler()
         self.last_checkpoint: Path | None = None
         self.progress = ConsoleProgress(self.cfg.logging.progress, self.total_steps(), parts.dist.is_main)
@@ -152,15 +154,15 @@ class Trainer:
 
     def _forward_backward(self, batch: Batch, cycle_len: int, sync_grads: bool, weight: float = 1.0) -> None:
         p = self.p
-        batch = to_device(batch, p.device, self.cfg.train.channels_last)
+        if self._move_batches:
+            batch = to_device(batch, p.device, self.cfg.train.channels_last)
         # In DDP only the last micro-step of an accumulation cycle needs the gradient all-reduce.
-        no_sync = getattr(p.forward_model, "no_sync", None)
-        ctx = no_sync() if (no_sync is not None and not sync_grads) else contextlib.nullcontext()
+        ctx = self._no_sync() if (self._no_sync is not None and not sync_grads) else contextlib.nullcontext()
         with ctx:
             with p.autocast():
                 loss, out, target = normalize_step_output(p.step_fn(p.forward_model, batch, p.loss_fn), batch)
             # All ranks skip together: a rank leaving out its backward would stall DDP's all-reduce.
-            if self.cfg.train.nan_policy == "skip" and not p.dist.all_ranks(bool(torch.isfinite(loss)), p.device):
+            if self._skip_nan and not p.dist.all_ranks(bool(torch.isfinite(loss)), p.device):
                 self.state.nan_skips += 1
                 return
             # `weight` != 1 only for an unevenly split last global batch of a multi-process run.
@@ -169,13 +171,8 @@ class Trainer:
                 scaled = scaled / cycle_len
             (p.scaler.scale(scaled) if p.scaler else scaled).backward()
         n = batch_size_of(batch)
-        correct = None
-        if self.classification and out is not None and target is not None:
-            correct = (class_scores(out.detach()).argmax(-1) == target).sum()
-        self._lanes.add(loss, correct, n)  # interval and epoch sums at once
+        self.tally.record(loss, out if self.classification else None, target, n, self.state.step)
         self._samples += n
-        keep = torch.isfinite(loss.detach()) | (self.first_bad_step >= 0)
-        self.first_bad_step = torch.where(keep, self.first_bad_step, self.state.step)
 
     def _optimizer_step(self) -> None:
         p, clip = self.p, self.cfg.train.grad_clip_norm
@@ -234,8 +231,9 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         s = self.state
-        record = self.p.dist.sum_sums(self.epoch_sums).means("train", "", self.classification)
-        self.epoch_sums.reset()
+        epoch_sums = self.tally.sums()[1]
+        record = self.p.dist.sum_sums(epoch_sums).means("train", "", self.classification)
+        epoch_sums.reset()
         stop = False
         if s.last_val_step != s.step:
             stop = self._validate(extra=record)
@@ -296,9 +294,13 @@ class Trainer:
         return self.cfg.early_stopping.enabled and p.monitor.should_stop
 
     def _log_interval(self) -> None:
-        self._check_finite()
-        record = self.p.dist.sum_sums(self.interval).means("train", "_step", self.classification)
-        self.interval.reset()
+        interval = self.tally.sums()[0]
+        record = self.p.dist.sum_sums(interval).means("train", "_step", self.classification)
+        # The summed loss is non-finite if any loss of the interval was (on any rank): only then search for the step.
+        if not math.isfinite(record["train/loss_step"]):
+            self._check_finite()
+        self.tally.interval_checked()
+        interval.reset()
         record["lr"] = self.p.optimizer.param_groups[0]["lr"]
         if self.cfg.train.nan_policy == "skip":
             record["train/nan_skips"] = self.state.nan_skips
@@ -318,7 +320,7 @@ class Trainer:
         self.p.trackers.log_metrics(metrics, self.state.step)
 
     def _check_finite(self) -> None:
-        bad = int(self.p.dist.first_step(self.first_bad_step))
+        bad = int(self.p.dist.first_step(self.tally.first_bad_step()))
         if bad >= 0:
             where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
             raise TrainingAborted(
@@ -385,7 +387,7 @@ class Trainer:
 
     # -- checkpoint state ----------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
-        return {"rng": capture_rng(), "sums": {"interval": self.interval.state_dict(), "epoch": self.epoch_sums.state_dict()}}
+        return {"rng": capture_rng(), "sums": self.tally.state_dict()}
 
     def full_state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(model, optimizer) state gathered from FSDP shards (a collective); None when not sharded."""
@@ -407,7 +409,7 @@ class Trainer:
             "scaler": p.scaler.state_dict() if p.scaler is not None else None,
             "rng": capture_rng(),
             "loop": self.state.state_dict(),
-            "sums": {"interval": self.interval.state_dict(), "epoch": self.epoch_sums.state_dict()},
+            "sums": self.tally.state_dict(),
             "monitor": p.monitor.state_dict(),
             "trackers": p.trackers.state(),
             "metrics_offset": p.metrics_file.offset() if p.dist.is_main else 0,
@@ -438,8 +440,7 @@ class Trainer:
             total = {k: {f: sum(r["sums"][k][f] for r in ranks) for f in ("loss", "correct", "count")} for k in ("interval", "epoch")}
             empty = {k: Sums().state_dict() for k in ("interval", "epoch")}
             mine = {"rng": ckpt["rng"], "sums": total if p.dist.is_main else empty}
-        self.interval.load_state_dict(mine["sums"]["interval"])
-        self.epoch_sums.load_state_dict(mine["sums"]["epoch"])
+        self.tally.load_state_dict(mine["sums"])
         p.monitor.load_state_dict(ckpt["monitor"])
         for cb, state in zip(p.callbacks, ckpt.get("callbacks") or [], strict=False):
             if state is not None and hasattr(cb, "load_state_dict"):
