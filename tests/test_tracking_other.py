@@ -59,6 +59,10 @@ def test_resume_after_sigkill_continues_the_same_mlflow_wandb_and_tensorboard_ru
     killed = run_cli("train", "exp.yaml", "--run-dir", "run", cwd=workdir, env=cli_env(KILL_AT_STEP="13"))
     assert killed.returncode == -9, killed.stderr
     before = json.loads((workdir / "run" / "run.json").read_text())
+    # run.json still says "running" (SIGKILL gave no chance to record the end); `runs` knows better.
+    assert before["status"] == "running"
+    listed = json.loads(run_cli("runs", ".", "--json", cwd=workdir, check=True).stdout)
+    assert [(r["run"], r["status"]) for r in listed] == [("run", "interrupted")]
     client = MlflowClient(before["mlflow"]["tracking_uri"])
     run_id = before["mlflow"]["run_id"]
     # the killed attempt logged steps 11 and 12 after its last checkpoint (step 10)
@@ -67,6 +71,7 @@ def test_resume_after_sigkill_continues_the_same_mlflow_wandb_and_tensorboard_ru
     run_cli("train", "--resume", "run", "train.callbacks=[]", cwd=workdir, check=True)
     after = json.loads((workdir / "run" / "run.json").read_text())
     assert after["status"] == "completed"
+    assert [r["status"] for r in json.loads(run_cli("runs", ".", "--json", cwd=workdir, check=True).stdout)] == ["completed"]
     steps = after["steps"]
     records = read_metrics(workdir / "run" / "metrics.jsonl")
     expected = [(r["step"], r["train/loss_step"]) for r in records if "train/loss_step" in r]
@@ -158,6 +163,27 @@ def test_runs_lists_and_compare_diffs_real_run_directories(workdir: Path) -> Non
 
     bad = run_cli("compare", "out/a", "nowhere", cwd=workdir)
     assert bad.returncode == 2 and "nowhere" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_runs_tells_a_live_run_from_a_killed_one(tmp_path: Path) -> None:
+    import subprocess
+
+    from taktstock.tracking.runs import list_runs
+    from taktstock.utils.process import this_process
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for name, process in {"live": this_process(), "killed": this_process() | {"pid": gone.pid}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"status": "running", "started": 1.0, "process": process}))
+    reused = this_process() | {"start": this_process()["start"] - 1}  # our pid, but another process's start time
+    (tmp_path / "reused").mkdir()
+    (tmp_path / "reused" / "run.json").write_text(json.dumps({"status": "running", "started": 2.0, "process": reused}))
+    elsewhere = this_process() | {"host": "another-host", "pid": gone.pid}  # cannot be checked from here
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "run.json").write_text(json.dumps({"status": "running", "started": 3.0, "process": elsewhere}))
+    statuses = {r["run"]: r["status"] for r in list_runs(tmp_path)}
+    assert statuses == {"live": "running", "killed": "interrupted", "reused": "interrupted", "elsewhere": "running"}
 
 
 @pytest.mark.parametrize("backend", ["mlflow", "wandb"])

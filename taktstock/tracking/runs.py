@@ -13,6 +13,7 @@ from taktstock.errors import UserError
 from taktstock.run_dir import RunDir
 from taktstock.tracking.jsonl import read_metrics
 from taktstock.utils.dicts import flatten_dict
+from taktstock.utils.process import is_alive
 
 _SKIP = {"checkpoints", "tensorboard", "wandb", "plots", "eval"}
 
@@ -45,13 +46,22 @@ def run_summary(run: RunDir) -> dict[str, Any]:
         "run": run.root.name,
         "path": str(run.root),
         "experiment": info.get("name", ""),
-        "status": info.get("status", "unknown"),
+        "status": _status(info),
         "monitor": info.get("monitor", ""),
         "best": info.get("best"),
         "steps": info.get("steps"),
         "duration_s": round(ended - started, 1) if started and ended and ended >= started else None,
         "started": started,
     }
+
+
+def _status(info: dict[str, Any]) -> str:
+    """run.json's status, except that a "running" run whose process is gone was killed (SIGKILL, OOM,
+    power loss) before it could record its end: "interrupted", resumable with --resume."""
+    status = info.get("status", "unknown")
+    if status == "running" and isinstance(info.get("process"), dict) and is_alive(info["process"]) is False:
+        return "interrupted"
+    return status
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:

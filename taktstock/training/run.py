@@ -27,6 +27,7 @@ from taktstock.training.monitor import MetricMonitor
 from taktstock.training.resume import check_resume_compatible
 from taktstock.training.rng import seed_everything
 from taktstock.training.trainer import HORIZON_SCHEDULERS, Preempted, Trainer, TrainerParts
+from taktstock.utils.process import this_process
 
 
 @dataclass
@@ -278,6 +279,8 @@ def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], re
         "status": "running",
         "monitor": config.metrics.monitor,
         "mode": config.metrics.mode,
+        # Lets `taktstock runs` tell a live run from one killed before it could record its end.
+        "process": this_process(),
     }
     if not resumed:
         fields["started"] = time.time()
