@@ -149,6 +149,41 @@ def test_ray_tune_backend_small_search(workdir: Path) -> None:
     assert (workdir / "sweep" / "ray" / "tune").is_dir()
 
 
+SLOW_VALIDATION = """
+import time
+
+
+class Slow:
+    def on_validation_end(self, trainer, metrics):
+        time.sleep(1.0)  # long enough for the sweep's prune signal to land mid-run
+"""
+
+
+def test_each_trial_can_be_a_multi_process_torchrun_run_and_be_pruned(workdir: Path) -> None:
+    from taktstock.checkpoint.manager import load_checkpoint
+
+    (workdir / "slow.py").write_text(SLOW_VALIDATION)
+    # Grid over a good and a hopeless learning rate: with seed 5 the grid sampler runs the good one first,
+    # so the median pruner stops the second at its second validation.
+    space = {"optim.lr": {"type": "categorical", "choices": [0.01, 1.0e-7]}}
+    raw = sweep_config(trials=2, startup_trials=1, sampler="grid", space=space) | {"seed": 5}
+    raw["train"] |= {"epochs": 5, "callbacks": ["slow:Slow"]}
+    cfg = write_config(workdir / "sweep.yaml", raw)
+    run_cli("tune", str(cfg), "--nproc-per-trial", "2", "--out", "sweep", cwd=workdir, check=True, timeout=400)
+    rows = read_trials(workdir / "sweep")
+    assert [(int(r["number"]), r["state"], float(r["optim.lr"])) for r in rows] == [(0, "COMPLETE", 0.01), (1, "PRUNED", 1.0e-7)]
+    for r in rows:
+        run_dir = Path(r["run_dir"])
+        # Every rank trained the sampled configuration the sweep wrote down, as one 2-process run.
+        assert yaml.safe_load((run_dir / "trial.yaml").read_text()) == yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == float(r["optim.lr"])
+        assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["world_size"] == 2
+    complete, pruned = (json.loads((Path(r["run_dir"]) / "run.json").read_text()) for r in rows)
+    assert complete["status"] == "completed" and complete["best"] == float(rows[0]["value"]) and validations(rows[0]["run_dir"]) == 5
+    # Pruned: the sweep sent SIGTERM, both ranks checkpointed at the same step and stopped early.
+    assert pruned["status"] == "preempted" and 2 <= validations(rows[1]["run_dir"]) < 5
+
+
 def test_bad_search_space_is_a_clear_error_before_any_trial(workdir: Path) -> None:
     space = {"optim.lrr": {"type": "float", "low": 0.001, "high": 0.1}}
     cfg = write_config(workdir / "sweep.yaml", sweep_config(space=space))
