@@ -184,6 +184,43 @@ def test_each_trial_can_be_a_multi_process_torchrun_run_and_be_pruned(workdir: P
     assert pruned["status"] == "preempted" and 2 <= validations(rows[1]["run_dir"]) < 5
 
 
+@pytest.mark.parametrize(("status", "state", "value"), [("completed", "COMPLETE", 0.9), ("preempted", "PRUNED", 0.5)])
+def test_a_prune_signal_that_lands_after_the_run_finished_leaves_the_trial_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str, state: str, value: float
+) -> None:
+    from taktstock.config.loader import validate
+    from taktstock.tuning.objective import run_trial_processes
+
+    class Torchrun:
+        """Stand-in for the torchrun process: its run is on disk by the sweep's first look (a fast trial)."""
+
+        def __init__(self, cmd: list[str], **_: object) -> None:
+            run_dir = Path(cmd[cmd.index("--run-dir") + 1])
+            done = [0.5, 0.4, 0.9] if status == "completed" else [0.5, 0.4]
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "val/acc": v}) + "\n" for i, v in enumerate(done)))
+            (run_dir / "run.json").write_text(json.dumps({"status": status, "best": max(done[:2]) if status != "completed" else max(done)}))
+            self.returncode, self.signals = -signal.SIGTERM, []  # torchrun reports the prune signal either way
+
+        def poll(self) -> int:
+            return self.returncode
+
+        def send_signal(self, sig: int) -> None:
+            self.signals.append(sig)
+
+    monkeypatch.setattr(subprocess, "Popen", Torchrun)
+    reported: list[tuple[int, float]] = []
+
+    def report(v: float, index: int) -> bool:
+        reported.append((index, v))
+        return index >= 1  # the pruner says stop from the second validation on
+
+    config = validate(tiny_config(), {}, "<test>")
+    outcome = run_trial_processes(config, tmp_path / "trial", report, nproc=2, poll_s=0.01)
+    assert (outcome.state, outcome.value) == (state, value)
+    # Every validation the run logged is reported, also those after the prune decision.
+    assert reported == [(0, 0.5), (1, 0.4), (2, 0.9)][: 3 if status == "completed" else 2]
+
+
 def test_bad_search_space_is_a_clear_error_before_any_trial(workdir: Path) -> None:
     space = {"optim.lrr": {"type": "float", "low": 0.001, "high": 0.1}}
     cfg = write_config(workdir / "sweep.yaml", sweep_config(space=space))

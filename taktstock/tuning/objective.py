@@ -129,9 +129,11 @@ def run_trial_processes(config: Config, run_dir: Path, report: Report, nproc: in
                     offset += len(complete.encode())
                     for line in complete.splitlines():
                         value = json.loads(line).get(config.metrics.monitor)
-                        if value is None or pruned or not math.isfinite(value):
+                        if value is None or not math.isfinite(value):
                             continue
-                        if report(float(value), index):
+                        # Validations that still land after the prune signal are reported too: the trial's
+                        # record then matches its run's metrics.jsonl.
+                        if report(float(value), index) and not pruned:
                             pruned = True
                             proc.send_signal(signal.SIGTERM)
                         index += 1
@@ -143,10 +145,13 @@ def run_trial_processes(config: Config, run_dir: Path, report: Report, nproc: in
             proc.wait(timeout=120)
             raise
     duration = time.time() - t0
-    best = RunDir(run_dir).read_info().get("best")
-    if pruned:
+    info = RunDir(run_dir).read_info()
+    best = info.get("best")
+    if pruned and info.get("status") != "completed":
         return TrialOutcome("PRUNED", best, run_dir, None, duration)
-    if proc.returncode != 0:
+    # The prune signal may land after the run finished (the metrics are polled); torchrun then reports the
+    # signal, but the trial did complete and counts with the value of its whole run.
+    if proc.returncode != 0 and not pruned:
         tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
         return TrialOutcome("FAIL", None, run_dir, f"torchrun exited with {proc.returncode}: {tail[0][:300]}", duration)
     if best is None or not math.isfinite(best):
