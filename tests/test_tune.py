@@ -167,7 +167,7 @@ def test_each_trial_can_be_a_multi_process_torchrun_run_and_be_pruned(workdir: P
     # so the median pruner stops the second at its second validation.
     space = {"optim.lr": {"type": "categorical", "choices": [0.01, 1.0e-7]}}
     raw = sweep_config(trials=2, startup_trials=1, sampler="grid", space=space) | {"seed": 5}
-    raw["train"] |= {"epochs": 5, "callbacks": ["slow:Slow"]}
+    raw["train"] |= {"epochs": 3, "callbacks": ["slow:Slow"]}
     cfg = write_config(workdir / "sweep.yaml", raw)
     run_cli("tune", str(cfg), "--nproc-per-trial", "2", "--out", "sweep", cwd=workdir, check=True, timeout=400)
     rows = read_trials(workdir / "sweep")
@@ -179,9 +179,9 @@ def test_each_trial_can_be_a_multi_process_torchrun_run_and_be_pruned(workdir: P
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == float(r["optim.lr"])
         assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["world_size"] == 2
     complete, pruned = (json.loads((Path(r["run_dir"]) / "run.json").read_text()) for r in rows)
-    assert complete["status"] == "completed" and complete["best"] == float(rows[0]["value"]) and validations(rows[0]["run_dir"]) == 5
-    # Pruned: the sweep sent SIGTERM, both ranks checkpointed at the same step and stopped early.
-    assert pruned["status"] == "preempted" and 2 <= validations(rows[1]["run_dir"]) < 5
+    assert complete["status"] == "completed" and complete["best"] == float(rows[0]["value"]) and validations(rows[0]["run_dir"]) == 3
+    # Pruned at its second validation: the sweep sent SIGTERM, both ranks checkpointed at one step and stopped.
+    assert pruned["status"] == "preempted" and validations(rows[1]["run_dir"]) == 2 == int(rows[1]["validations"])
 
 
 @pytest.mark.parametrize(("status", "state", "value"), [("completed", "COMPLETE", 0.9), ("preempted", "PRUNED", 0.5)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,12 @@ class MetricsFile:
     """Append-only metrics log whose length is recorded in checkpoints.
 
     On resume the file is cut back to the length it had at the checkpoint, so lines written
-    after it (and redone by the resumed run) appear exactly once. Lines reach the file at least once
-    a second (a write per line would cost a system call at every logging step) and at every
-    checkpoint; lines a crash loses were written after the last checkpoint, so a resume redoes them.
+    after it (and redone by the resumed run) appear exactly once.
     """
-
-    FLUSH_SECONDS = 1.0
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._f: Any = None
-        self._flushed = 0.0
 
     def open(self, truncate_to: int | None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,14 +34,10 @@ class MetricsFile:
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write((json.dumps(record) + "\n").encode())
-        now = time.monotonic()
-        if now - self._flushed >= self.FLUSH_SECONDS:
-            self._f.flush()
-            self._flushed = now
+        self._f.flush()
 
     def offset(self) -> int:
         """Length of the log, made durable first: a checkpoint must never point past what is on disk."""
-        self._f.flush()
         os.fsync(self._f.fileno())
         return self._f.tell()
 
