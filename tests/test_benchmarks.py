@@ -1,0 +1,45 @@
+"""The benchmark suite runs (`python -m benchmarks`): a smoke run of the mlp comparison, checked for
+its structure only. Speed targets live in the suite's results (docs/benchmarks.md), never in tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import cli_env
+
+
+def test_quick_mlp_benchmark_writes_every_contender_with_paired_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "mlp", "--quick", "--json", str(out)],
+        cwd=tmp_path,
+        env=cli_env(),  # this checkout importable: `benchmarks` is a top-level package of the repository
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["environment"]["device"] == "cpu" and result["environment"]["torch"]
+    rows = {r["contender"]: r for r in result["mlp"]}
+    expected = {
+        "hand-written DataLoader",
+        "hand-written DataLoader, fused AdamW",
+        "hand-written in-memory",
+        "hand-written in-memory, fused AdamW",
+        "taktstock DataLoader",
+        "taktstock DataLoader, optim.fused=false",
+        "taktstock in-memory",
+        "taktstock in-memory, optim.fused=false",
+        "taktstock DataLoader, default checkpointing",
+    }
+    assert expected <= set(rows), sorted(rows)
+    assert rows["hand-written DataLoader"]["ratio"] == 1.0  # the baseline of the paired ratios
+    for r in rows.values():
+        assert len(r["samples_per_s_all"]) == 2 and all(v > 0 for v in r["samples_per_s_all"])
+        assert r["samples"] == 2 * 2048 and r["ratio"] > 0
+    # The console table names every contender too.
+    assert all(name in proc.stdout for name in expected)
