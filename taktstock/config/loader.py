@@ -246,11 +246,17 @@ def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None
 
 
 def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
+    from taktstock.data.images import IMAGE_SOURCES
     from taktstock.data.sources import check_source_name
     from taktstock.metrics.collection import metric_names
     from taktstock.training.losses import check_loss_name
 
-    check_source_name(config.data.source)
+    if config.data.source in IMAGE_SOURCES:
+        from taktstock.data.images.transforms import check_transforms
+
+        check_transforms(config)  # unknown transform names and bad arguments stop here, before any data is read
+    else:
+        check_source_name(config.data.source)
     check_loss_name(config.loss.name)
     loss, task = config.loss.name, config.data.task
     regression_loss = loss in ("mse", "l1", "smooth_l1", "huber")

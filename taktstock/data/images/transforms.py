@@ -18,10 +18,9 @@ import torch
 
 from taktstock.errors import ConfigError
 
-# Transforms that set the output size themselves: no resize to data.image_size is put before them.
-SIZING = frozenset(
-    {"Resize", "RandomResizedCrop", "CenterCrop", "RandomCrop", "FiveCrop", "TenCrop", "RandomResize", "RandomShortestSize", "ScaleJitter"}
-)
+# Transforms that resize: a list with one of them gets no resize to data.image_size in front (crops such
+# as RandomCrop(size, padding) do get it: they work on the resized image, as in CIFAR-style training).
+SIZING = frozenset({"Resize", "RandomResizedCrop", "RandomResize", "RandomShortestSize", "ScaleJitter"})
 
 
 def item_name(item: str | dict[str, Any]) -> str:
@@ -29,7 +28,7 @@ def item_name(item: str | dict[str, Any]) -> str:
 
 
 def sizes_itself(items: Sequence[str | dict[str, Any]]) -> bool:
-    """Whether a transform list resizes or crops itself (then taktstock adds no resize in front)."""
+    """Whether a transform list resizes itself (then taktstock adds no resize in front)."""
     return any(item_name(i) in SIZING for i in items)
 
 
@@ -105,6 +104,6 @@ def check_transforms(config: Any) -> None:
     build_items(t.eval, "data.transforms.eval")
     if config.data.image_cache == "memmap" and (sizes_itself(t.train) or sizes_itself(t.eval)):
         raise ConfigError(
-            "data.image_cache: memmap stores images resized to data.image_size, but data.transforms resize or crop "
+            "data.image_cache: memmap stores images resized to data.image_size, but data.transforms resize "
             f"themselves ({', '.join(sorted(SIZING & {item_name(i) for i in [*t.train, *t.eval]}))}); use image_cache: none"
         )
