@@ -57,11 +57,8 @@ class PreparedImages:
         return ImageSplitDataset(self.settings, name)
 
     def spec(self) -> dict[str, dict[str, Any]]:
-        """Sample spec: input name -> shape and dtype."""
-        return {
-            "inputs": {"shape": list(self.input_shape), "dtype": "float32"},
-            "labels": {"shape": [], "dtype": "float32" if self.settings.regression else "int64"},
-        }
+        """Sample spec: input name -> shape (per sample) and dtype; the target is not an input."""
+        return {"inputs": {"shape": list(self.input_shape), "dtype": "float32"}}
 
     def preprocessing(self) -> dict[str, Any]:
         """What predict/export need to turn image files into model inputs exactly as evaluation does."""
