@@ -56,6 +56,7 @@ class ImageSplitDataset(Dataset):
     """
 
     collate = staticmethod(default_collate)
+    get_batch = None  # no whole-batch fast path: every sample is decoded (or read from the pixel cache) alone
 
     def __init__(self, settings: ImageSettings, split: str) -> None:
         self.settings, self.split = settings, split
