@@ -4,6 +4,7 @@ channel statistics, the memmap pixel cache and the inference transform (issue 14
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pickle
 import shutil
@@ -24,6 +25,7 @@ from taktstock.data.images.inference import ImageInputs
 from taktstock.data.images.prepare import prepare_images
 from taktstock.data.images.transforms import apply_seeded, build_pipeline
 from taktstock.data.loaders import EpochBatchSampler
+from taktstock.deploy.predict import predict
 from taktstock.errors import ConfigError, UserError
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -278,3 +280,34 @@ def test_inference_inputs_equal_evaluation_samples(folders: dict[str, Path], tmp
     assert torch.equal(inputs, torch.stack([test[i][0] for i in range(4)]))
     with pytest.raises(UserError, match="input file not found"):
         ImageInputs(data.preprocessing())([tmp_path / "missing.png"])
+
+
+def test_predict_on_image_files_applies_the_eval_transforms(folders: dict[str, Path], workdir: Path) -> None:
+    """A run directory as training writes it (config, preprocessing.json, weights) -> `taktstock predict` on files."""
+    from safetensors.torch import save_file
+
+    from taktstock.config.loader import config_to_dict
+    from taktstock.models.registry import build_model
+
+    cfg = image_config(folders["jpeg"], workdir / "cache", channels=3, image_size=12, transforms={"eval": [{"CenterCrop": {"size": 12}}]})
+    cfg.model = {"name": "cnn", "channels": [4, 8]}
+    data = prepare_images(cfg)
+    run = workdir / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    (run / "preprocessing.json").write_text(json.dumps(data.preprocessing()))
+    torch.manual_seed(0)
+    net = build_model("cnn", {"channels": [4, 8]}, data.input_shape, data.num_outputs).eval()
+    save_file(net.state_dict(), str(run / "best.safetensors"))
+    test = data.split("test")
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.stack([test[i][0] for i in range(len(test))])), dim=-1)
+    header, rows = predict(run, test.path_of(0))
+    assert header[:2] == ["file", "prediction"] and len(header) == 12 and rows[0][0] == str(test.path_of(0))
+    assert torch.allclose(torch.tensor(rows[0][2:]), expected[0], atol=1e-6)
+    proc = run_cli("predict", str(run), str(folders["jpeg"] / "3"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    lines = list(csv.reader(proc.stdout.splitlines()))
+    assert len(lines) == 1 + len(list((folders["jpeg"] / "3").iterdir())) and lines[1][0].endswith(".jpg")
+    missing = run_cli("predict", str(run), str(workdir / "nope.png"), cwd=workdir)
+    assert missing.returncode == 2 and "input file not found" in missing.stderr and "Traceback" not in missing.stderr

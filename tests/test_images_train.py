@@ -1,5 +1,6 @@
 """Training on an image folder end to end (needs the dataset seam, `taktstock.data.dataset`): the same
-weights with 0 and 2 workers, and a SIGKILLed run with 2 workers and random transforms resumes bit-identical."""
+weights with 0 and 2 workers, a SIGKILLed run with 2 workers and random transforms resumes bit-identical,
+and predict takes the image files."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_config, write_config
+from conftest import REPO, run_cli, tiny_config, write_config
 from resume_harness import ForkServer, count_lines, kill_and_resume, shared_server
 
 pytest.importorskip("taktstock.data.dataset", reason="the dataset seam is not merged yet")
@@ -64,3 +65,8 @@ def test_image_folder_trains_identically_with_0_and_2_workers_and_resumes_after_
     assert stats.kills == 2, stats.points
     assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert (run / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
+    # predict on the image files of one class: one row per file, class names from the folder names
+    proc = run_cli("predict", str(ref), str(folder / "4"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("file,prediction,prob_0") and len(lines) == 1 + 12

@@ -95,8 +95,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
         output = "identity"
     else:
         output = "sigmoid" if prep["num_outputs"] == 1 else "softmax"
-    norm = prep["normalizer"]
-    shift = torch.tensor(norm["shift"], dtype=torch.float32)
-    scale = torch.tensor(norm["scale"], dtype=torch.float32)
+    if prep.get("kind") == "image":  # image files are normalised by their eval transforms (data/images/inference.py)
+        shift, scale = torch.zeros(shape), torch.ones(shape)
+    else:
+        norm = prep["normalizer"]
+        shift = torch.tensor(norm["shift"], dtype=torch.float32)
+        scale = torch.tensor(norm["scale"], dtype=torch.float32)
     model = InferenceModel(net, shift, scale, shape, output).eval()
     return LoadedRun(config, prep, model)
