@@ -167,6 +167,10 @@ def test_file_that_breaks_after_prepare_is_named_by_the_worker(
     assert prepare_images(image_config(root, tmp_path / "cache")).fingerprint == data.fingerprint
     with pytest.raises(UserError, match=f"data.bad_samples: {broken}"):
         train[(0, 5)]
+    # From a worker: the same one-line message in the main process, not the worker's traceback.
+    with pytest.raises(UserError) as raised:
+        batches(train, 0, workers=2)
+    assert str(raised.value).startswith(f"data.bad_samples: {broken}: ") and "Traceback" not in str(raised.value)
     skipping = prepare_images(image_config(root, tmp_path / "cache", bad_samples="skip")).split("train")
     # With two workers the file is named in the log and replaced by the next sample of the split.
     got = batches(skipping, 0, workers=2)

@@ -19,6 +19,20 @@ from taktstock.data.images.transforms import apply_seeded, build_pipeline, sampl
 from taktstock.errors import UserError
 
 
+class BadSampleError(UserError):
+    """An image that fails to load with data.bad_samples: error.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as
+    `BadSampleError("Caught BadSampleError in DataLoader worker process N. Original Traceback ...")`;
+    the constructor keeps only the original message, so the CLI prints one line, not the worker's traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class ImageSettings:
     """Everything a worker needs to turn a file id into a model input (small and picklable)."""
@@ -120,7 +134,7 @@ class ImageSplitDataset(Dataset):
 
     def _bad_file(self, exc: DecodeError) -> None:
         if self.settings.bad_samples == "error":
-            raise UserError(f"data.bad_samples: {exc} (found while loading; data.bad_samples: skip replaces such files)") from None
+            raise BadSampleError(f"data.bad_samples: {exc} (found while loading; data.bad_samples: skip replaces such files)") from None
         if str(exc) not in self._warned:  # once per file and process, not once per epoch
             self._warned.add(str(exc))
             print(f"warning: skipping unreadable image: {exc} (data.bad_samples: skip)", file=sys.stderr, flush=True)
