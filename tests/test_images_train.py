@@ -26,7 +26,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def image_config(folder: Path, workers: int) -> dict:
-    return tiny_config(
+    config = tiny_config(
         experiment={"name": "images"},
         seed=5,
         data={
@@ -38,11 +38,12 @@ def image_config(folder: Path, workers: int) -> dict:
                 "train": [{"RandomCrop": {"size": 16, "padding": 2}}, "RandomHorizontalFlip", {"RandomRotation": {"degrees": 10}}]
             },
         },
-        model={"name": "cnn", "channels": [8, 16], "dropout": 0.1},
         train={"epochs": 3, "batch_size": 16, "log_every_n_steps": 1},
         checkpoint={"every_n_steps": 2},
         logging={"tensorboard": False, "plots": False, "progress": "off"},
     )
+    config["model"] = {"name": "cnn", "channels": [8, 16], "dropout": 0.1}  # replaces tiny_config's MLP arguments
+    return config
 
 
 def train(server: ForkServer, root: Path, config: dict, name: str) -> Path:
