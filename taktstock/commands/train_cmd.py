@@ -12,7 +12,7 @@ import typer
 from taktstock.commands.common import split_config_args
 
 if TYPE_CHECKING:
-    from taktstock.training.launch import LaunchOptions
+    from taktstock.commands.launch import LaunchOptions
 
 _DIST = "Distributed (torchrun)"
 
@@ -56,18 +56,18 @@ def train(
 
     config_path, overrides = split_config_args(args)
     if dry_run:
-        from taktstock.training.dry_run import dry_run as do_dry_run
+        from taktstock.commands.dry_run import dry_run as do_dry_run
 
         do_dry_run(config_path, overrides)
         return
     if nproc_per_node is not None or nnodes > 1 or rdzv_endpoint:
-        from taktstock.training.launch import LaunchOptions
+        from taktstock.commands.launch import LaunchOptions
 
         opts = LaunchOptions(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts)
         _launch(config_path, overrides, run_dir, resume, force, evaluate, opts)
         return
+    from taktstock.commands.launch import restart_count
     from taktstock.training.distributed import DistEnv
-    from taktstock.training.launch import restart_count
     from taktstock.training.run import train as run_train
 
     if resume is None and run_dir is not None and restart_count() > 0:
@@ -113,7 +113,7 @@ def _launch(
     evaluate: bool,
     opts: LaunchOptions,
 ) -> None:
-    from taktstock.training.launch import LaunchFailed, launch
+    from taktstock.commands.launch import LaunchFailed, launch
 
     try:
         target = launch(config_path, overrides, run_dir, resume, force, opts)

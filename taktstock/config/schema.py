@@ -170,8 +170,14 @@ class MetricsConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_n_steps: int | None = Field(500, ge=1, description="Save a periodic checkpoint every N optimizer steps (also at each epoch end).")
-    every_epoch: bool = Field(True, description="Save a checkpoint at the end of every epoch.")
+    every_n_minutes: float | None = Field(
+        5.0,
+        gt=0,
+        description="Save a checkpoint at the first step boundary after this many minutes since the last one "
+        "(rank 0's clock). The end of training and preemption are always saved.",
+    )
+    every_n_steps: int | None = Field(None, ge=1, description="Also save every N optimizer steps.")
+    every_epoch: bool = Field(False, description="Also save at the end of every epoch.")
     keep_last: int = Field(3, ge=1, description="How many periodic checkpoints stay on disk.")
     save_best: bool = Field(True, description="Keep the best checkpoint by the monitored metric.")
     async_write: bool = Field(
@@ -283,7 +289,10 @@ class Config(Section):
         """Classification or regression: explicit in data.task, else implied by the loss."""
         if self.data.task != "auto":
             return self.data.task
-        return "regression" if self.loss.name in ("mse", "l1", "smooth_l1", "huber") else "classification"
+        from taktstock.registry import LOSSES
+
+        entry = LOSSES.find(self.loss.name)  # a user loss by import path counts as classification
+        return "regression" if entry is not None and entry.meta["task"] == "regression" else "classification"
 
 
 DataConfig.model_rebuild()

@@ -20,6 +20,7 @@ SAFE_PREFIXES = (
     "checkpoint.keep_last",
     "checkpoint.every_n_steps",  # where checkpoints are taken does not change the computation
     "checkpoint.every_epoch",
+    "checkpoint.every_n_minutes",
     "checkpoint.async_write",
     "data.num_workers",
     "data.persistent_workers",
