@@ -14,6 +14,9 @@ def register(app: typer.Typer) -> None:
 
 def promote(run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")]) -> None:
     """Register the run's best model in MLflow; it becomes `champion` only if its test metric beats the current one."""
+    from taktstock.utils.imports import optional_import
+
+    optional_import("mlflow", "mlflow", "taktstock promote")  # the model registry is MLflow's
     from taktstock.pipelines.promote import promote as run_promote
 
     r = run_promote(run_dir)

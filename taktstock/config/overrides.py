@@ -160,7 +160,10 @@ def drop_stale_arguments(before: dict[str, Any], data: dict[str, Any], overridde
         params = inspect.signature(optimizer_class(name).__init__).parameters
         return None if any(p.kind is p.VAR_KEYWORD for p in params.values()) else set(params) - {"self", "params"}
 
-    for section, fields, accepted_for, default in (("model", _MODEL_FIELDS, model_args, "mlp"), ("optim", _OPTIM_FIELDS, optim_args, "adamw")):
+    for section, fields, accepted_for, default in (
+        ("model", _MODEL_FIELDS, model_args, "mlp"),
+        ("optim", _OPTIM_FIELDS, optim_args, "adamw"),
+    ):
         if f"{section}.name" not in overridden or not isinstance(data.get(section), dict):
             continue
         new = data[section].get("name")
