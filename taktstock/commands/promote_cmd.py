@@ -20,6 +20,9 @@ def promote(run_dir: Annotated[Path, typer.Argument(help="Run directory written 
     from taktstock.pipelines.promote import promote as run_promote
 
     r = run_promote(run_dir)
+    if r.already_champion:  # a re-run of promote on the champion's own weights changes nothing
+        print(f"{r.model} version {r.version}: {r.metric} = {r.value:.6g} -> already the champion (same weights), unchanged")
+        return
     before = "no champion yet" if r.champion_value is None else f"champion {r.champion_value:.6g}"
     verdict = "promoted to champion" if r.promoted else "kept as challenger (not better)"
     print(f"{r.model} version {r.version}: {r.metric} = {r.value:.6g} ({before}) -> {verdict}")
