@@ -21,6 +21,11 @@ def with_absolute_paths(config: Config, base: Path | None = None) -> Config:
     out = config.model_copy(deep=True)
     for key in PATH_KEYS:
         value = getattr(out.data, key)
-        if value and not Path(value).is_absolute():
-            setattr(out.data, key, str((base / value).resolve()))
+        if not value or Path(value).is_absolute():
+            continue
+        resolved = (base / value).resolve()
+        # A data file that is not there stays as written, so the error shows the path the user wrote
+        # and says what it is relative to; the cache directory is created later.
+        if key == "cache_dir" or resolved.exists():
+            setattr(out.data, key, str(resolved))
     return out
