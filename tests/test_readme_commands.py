@@ -143,6 +143,7 @@ def test_readme_lines_are_found_and_every_skip_rule_still_matches_one() -> None:
         assert any(re.search(pattern, shlex.join(c)) for line in lines for c in line.commands), f"stale skip rule: {pattern}"
 
 
+@pytest.mark.timeout(1200)  # ~20 CLI processes in sequence: minutes when other jobs share the cores
 def test_every_readme_command_runs(tmp_path: Path) -> None:
     repo = _copy_repo(tmp_path / "repo")
     env = cli_env(OMP_NUM_THREADS="1", HOME=str(tmp_path / "home"))
