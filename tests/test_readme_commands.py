@@ -85,9 +85,11 @@ def skip_reason(line: Line) -> str | None:
     return None
 
 
-def shortened(command: list[str], shared_run: Path) -> list[str]:
-    """The command with the general rules applied (one epoch, one trial, placeholders)."""
+def shortened(command: list[str], shared_run: Path, home: Path | None = None) -> list[str]:
+    """The command with the general rules applied (one epoch, one trial, placeholders, `~/` as the shell expands it)."""
     args = [str(shared_run) if PLACEHOLDER.match(a) else a for a in command]
+    if home is not None:  # only `~/...`: `~key` is an override that deletes a key
+        args = [str(home / a[2:]) if a.startswith("~/") else a for a in args]
     if args[:2] == ["taktstock", "tune"]:
         for flag, value in (("--trials", "1"), ("--workers", "1")):
             if flag in args:
@@ -146,7 +148,8 @@ def test_readme_lines_are_found_and_every_skip_rule_still_matches_one() -> None:
 @pytest.mark.timeout(1200)  # ~20 CLI processes in sequence: minutes when other jobs share the cores
 def test_every_readme_command_runs(tmp_path: Path) -> None:
     repo = _copy_repo(tmp_path / "repo")
-    env = cli_env(OMP_NUM_THREADS="1", HOME=str(tmp_path / "home"))
+    home = tmp_path / "home"
+    env = cli_env(OMP_NUM_THREADS="1", HOME=str(home))
     shared = repo / "experiments" / "runs" / "shared"
     first = [sys.executable, "-m", "taktstock", "train", "config.yaml", "train.epochs=1", "--run-dir", str(shared)]
     subprocess.run(first, cwd=repo, env=env, check=True, capture_output=True, timeout=300)
@@ -162,7 +165,7 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
             if command[0] == "cd":
                 cwd = cwd / command[1]
                 continue
-            args = shortened(command, shared)
+            args = shortened(command, shared, home)
             write_predict_input(args, cwd, shared)
             start = time.monotonic()
             proc = subprocess.run(executable(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -184,7 +187,9 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
         ("taktstock tune s.yaml --trials 20 --workers 2", "taktstock tune s.yaml --trials 1 --workers 1 train.epochs=1"),
         ("taktstock export RUN_DIR --format onnx", "taktstock export /r --format onnx"),
         ("taktstock compare RUN_A RUN_B", "taktstock compare /r /r"),
+        ("taktstock pipeline airflow c.yaml --out ~/dags", "taktstock pipeline airflow c.yaml --out /h/dags"),
+        ("taktstock config show c.yaml ~model.dropout", "taktstock config show c.yaml '~model.dropout'"),
     ],
 )
 def test_rules_shorten_and_fill_in_commands(command: str, expected: str) -> None:
-    assert shlex.join(shortened(shlex.split(command), Path("/r"))) == expected
+    assert shlex.join(shortened(shlex.split(command), Path("/r"), Path("/h"))) == expected
