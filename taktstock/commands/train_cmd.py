@@ -55,6 +55,8 @@ def train(
     from taktstock.training.trainer import Preempted
 
     config_path, overrides = split_config_args(args)
+    if config_path is None and resume is None:
+        config_path = _default_config()
     if dry_run:
         from taktstock.commands.dry_run import dry_run as do_dry_run
 
@@ -101,7 +103,19 @@ def train(
             print("note: --evaluate skipped: no test or validation split (data.test_fraction and data.val_fraction are 0)", file=sys.stderr)
         else:
             run_evaluate(result.run_dir, split=split)
+            return  # evaluate's report ends with the run directory line
     print(f"run directory: {result.run_dir}")
+
+
+def _default_config() -> Path:
+    """`taktstock train` without a file trains ./config.yaml, as a project's README says; built-in defaults never silently."""
+    from taktstock.errors import UserError
+
+    path = Path("config.yaml")
+    if not path.is_file():
+        raise UserError(f"no config file given and no config.yaml in {Path.cwd()}: run taktstock train CONFIG [key=value ...]")
+    print("note: no config file given: using ./config.yaml", file=sys.stderr)
+    return path
 
 
 def _launch(
@@ -127,4 +141,5 @@ def _launch(
         from taktstock.evaluation.evaluate import evaluate as run_evaluate
 
         run_evaluate(target)
+        return  # evaluate's report ends with the run directory line
     print(f"run directory: {target}")

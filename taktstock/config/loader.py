@@ -16,8 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from taktstock.config.overrides import OPEN_MAPPINGS, apply_override, drop_stale_arguments, parse_override
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
+
+__all__ = ["OPEN_MAPPINGS", "apply_override", "load_config", "parse_override", "read_yaml", "validate", "yaml_load"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -49,8 +52,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         # Overrides go into the raw file content, not the resolved dict: the resolved dict carries the
         # defaults of the *current* model, which would be invalid arguments after `model.name=cnn`.
         known, data = config_to_dict(config), copy.deepcopy(raw)
-        for item in overrides:
-            apply_override(data, item, known=known)
+        overridden = {apply_override(data, item, known=known) for item in overrides}
+        drop_stale_arguments(raw, data, overridden)
         config = validate(data, {}, source="command line")
     return config
 
@@ -86,48 +89,6 @@ def _collect_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
             key = f"{prefix}{key_node.value}"
             out[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, key + ".", out)
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """'a.b=value' -> ('a.b', YAML-parsed value)."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{item}' must look like key.path=value")
-    try:
-        parsed = yaml_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
-
-
-# Mappings with free keys (model/optimizer arguments, kwargs, tags, search space): an override may add
-# a key there; validation then checks it against the model constructor or optimizer signature.
-OPEN_MAPPINGS = ("model", "optim", "data.kwargs", "loss.kwargs", "experiment.tags", "tune.space")
-
-
-def apply_override(data: dict[str, Any], item: str, known: dict[str, Any] | None = None) -> None:
-    """Set one dotted key in `data`; the key must exist in `known` (default: `data` itself) or lie in an open mapping."""
-    key, value = parse_override(item)
-    parts = key.split(".")
-    _check_override_key(item, key, parts, data if known is None else known)
-    node: Any = data
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
-def _check_override_key(item: str, key: str, parts: list[str], known: dict[str, Any]) -> None:
-    node: Any = known
-    for i, part in enumerate(parts):
-        if ".".join(parts[:i]) in OPEN_MAPPINGS:
-            return
-        if not isinstance(node, dict) or part not in node:
-            here = ".".join(parts[:i]) or "the top level"
-            hint = _suggest(part, list(node) if isinstance(node, dict) else [])
-            raise ConfigError(f"override '{item}': unknown key '{key}' ({part!r} is not in {here}){hint}")
-        node = node[part]
 
 
 def _suggest(word: str, options: list[str]) -> str:

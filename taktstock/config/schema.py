@@ -6,15 +6,55 @@ generated from the field descriptions below, so they cannot drift from the code.
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# YAML 1.1 (PyYAML) reads `off`/`on`/`yes`/`no` as booleans and `32` as an int; a choice field
+# documented as `progress: off` or `precision: 32` must accept what the YAML parser made of it.
+_TRUE_WORDS, _FALSE_WORDS = ("on", "yes", "true"), ("off", "no", "false")
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return None
+
+
+def _coerce_choice(value: Any, choices: tuple[Any, ...]) -> Any:
+    """Map a YAML-1.1-typed scalar back to the string choice it was written as (True -> 'on', 32 -> '32')."""
+    if value in choices and type(value) is str:
+        return value
+    if isinstance(value, bool):
+        words = _TRUE_WORDS if value else _FALSE_WORDS
+        return next((c for c in choices if isinstance(c, str) and c.lower() in words), value)
+    if isinstance(value, int | float) and str(value) in choices:
+        return str(value)
+    return value
+
+
+def coerce_literals(model: type[BaseModel], data: Any) -> Any:
+    """Rewrite the choice (Literal) fields of a raw section mapping; anything else passes unchanged."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        choices = _literal_choices(field.annotation)
+        if choices and name in out:
+            out[name] = _coerce_choice(out[name], choices)
+    return out
 
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_as_written(cls, data: Any) -> Any:
+        return coerce_literals(cls, data)
 
 
 class ExperimentConfig(Section):
@@ -75,6 +115,11 @@ class ModelConfig(BaseModel):
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_as_written(cls, data: Any) -> Any:
+        return coerce_literals(cls, data)
 
     def params(self) -> dict[str, Any]:
         """Constructor keyword arguments (everything except name and init)."""

@@ -104,7 +104,8 @@ def _require_file(config: Config) -> Path:
         raise ConfigError(f"data.path: required for data.source={config.data.source}")
     path = Path(config.data.path)
     if not path.is_file():
-        raise ConfigError(f"data.path: file not found: {path}")
+        where = "" if path.is_absolute() else f" (relative paths are read from the working directory, {Path.cwd()})"
+        raise ConfigError(f"data.path: file not found: {path}{where}")
     return path
 
 

@@ -13,6 +13,7 @@ from taktstock.checkpoint.checkpointer import Checkpointer, find_resume, schedul
 from taktstock.checkpoint.manager import CheckpointManager, CheckpointWriter
 from taktstock.checkpoint.weights import save_weights
 from taktstock.config.loader import config_to_dict, load_config, save_config
+from taktstock.config.paths import with_absolute_paths
 from taktstock.config.schema import Config
 from taktstock.data.loaders import build_train_batches, eval_batches
 from taktstock.data.prepare import prepare
@@ -68,6 +69,7 @@ def train(
         run = RunDir(Path(run_dir)) if run_dir else RunDir.new(config.experiment.output_dir, config.experiment.name)
         if run.root.exists() and not run.root.is_dir():
             raise ConfigError(f"--run-dir: {run.root} exists and is not a directory")
+    config = with_absolute_paths(config)  # the run's config.yaml must work from any working directory
     dist = setup_distributed(config)
     try:
         # Under torchrun every rank must use rank 0's run directory (names carry a timestamp).
