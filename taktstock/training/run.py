@@ -98,8 +98,8 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         optimizer=(optimizer := components.build_optimizer_for(config, model, device)),
         scheduler=None,
         scaler=components.grad_scaler_for(config, device),
-        train_batches=build_train_batches(*data.split("train"), config, device, dist.rank, dist.world_size),
-        val_batches=_val_batches(config, data, dist) if len(data.split("val")[1]) else None,
+        train_batches=build_train_batches(data.split("train"), config, device, dist.rank, dist.world_size),
+        val_batches=_val_batches(config, data, dist) if len(data.split("val")) else None,
         val_metrics=EpochMetrics(config, data.num_outputs, device, "val"),
         checkpoints=ckpts,
         trackers=trackers,
@@ -288,6 +288,6 @@ def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], re
 
 
 def _val_batches(config: Config, data: Any, dist: DistEnv) -> Any:
-    x, y = data.split("val")
+    split = data.split("val")
     size = config.train.eval_batch_size or config.train.batch_size
-    return lambda: eval_batches(x, y, size, dist.rank, dist.world_size)
+    return lambda: eval_batches(split, size, dist.rank, dist.world_size, config)

@@ -37,7 +37,7 @@ from taktstock.training.monitor import MetricMonitor
 from taktstock.training.rng import capture_rng, restore_rng
 from taktstock.training.signals import PreemptionHandler
 from taktstock.training.state import LoopState, Sums
-from taktstock.training.step import StepFn, batch_size_of, normalize_step_output, to_device
+from taktstock.training.step import StepFn, batch_size_of, count_of, normalize_step_output, to_device
 from taktstock.training.tally import StepTally
 
 # Schedulers whose shape depends on the total number of steps. Their horizon is frozen at the first
@@ -170,7 +170,7 @@ class Trainer:
             if cycle_len > 1:
                 scaled = scaled / cycle_len
             (p.scaler.scale(scaled) if p.scaler else scaled).backward()
-        n = batch_size_of(batch)
+        n = count_of(batch, out, target)
         self.tally.record(loss, out if self.classification else None, target, n, self.state.step)
         self._samples += n
 
