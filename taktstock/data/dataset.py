@@ -39,12 +39,20 @@ def split_key(key: Key) -> tuple[int | None, int]:
 TRAIN_STREAM, EVAL_STREAM = 7, 8  # disjoint seed streams for training and evaluation reads
 
 
-def sample_seed(seed: int, epoch: int, index: int, stream: int = TRAIN_STREAM) -> int:
-    """A 53-bit seed that depends on (seed, epoch, index) only (SplitMix64, as the built-in augmentation)."""
-    from taktstock.data.augment import uniform
+_MASK = (1 << 64) - 1
 
-    u = uniform(seed, epoch, np.array([index]), stream=stream, count=1)[0, 0]
-    return int(u * (1 << 53)) or 1
+
+def _mix(z: int) -> int:
+    """SplitMix64's finaliser on Python ints (per-sample calls: numpy's per-call overhead would dominate)."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int, stream: int = TRAIN_STREAM) -> int:
+    """A 63-bit seed that depends on (seed, epoch, index, stream) only (counter-based, no generator state)."""
+    return (_mix(_mix(_mix(_mix(seed & _MASK) ^ (epoch & _MASK)) ^ stream) ^ (index & _MASK)) >> 1) or 1
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from taktstock.config.schema import Config
 from taktstock.data.dataset import (
@@ -40,10 +41,17 @@ NORMALIZE_SAMPLES = 10_000  # training items read to fit data.normalize (all of 
 
 @contextlib.contextmanager
 def seeded_globals(value: int) -> Iterator[None]:
-    """Run a block with the global torch (CPU), Python and NumPy generators seeded by `value`, then restore them.
+    """Run a block with the global torch (CPU), Python and NumPy generators seeded by `value`.
 
-    Restoring keeps the training process's own random stream (dropout, ...) untouched when samples
-    are read in the main process (num_workers 0)."""
+    In the main process (num_workers 0) they are restored afterwards, so the training process's own
+    random stream (dropout, ...) is untouched; a worker has no other use for them (saving NumPy's
+    state costs more than the read of a small item)."""
+    if get_worker_info() is not None:
+        torch.default_generator.manual_seed(value)
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        yield
+        return
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(value)  # CPU only: torch.manual_seed would reseed CUDA too

@@ -88,6 +88,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
         raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
     config = load_config(run.config)
     prep = json.loads(run.preprocessing.read_text())
+    spec = prep.get("spec") or {"inputs": {"shape": prep["input_shape"], "dtype": "float32"}}
+    if set(spec) != {"inputs"} or spec["inputs"]["dtype"] != "float32":
+        fields = ", ".join(f"{k} ({v['dtype']})" for k, v in spec.items())
+        raise ConfigError(f"{run.root}: predict and export take rows of float features; this run's samples have the fields {fields}")
     shape = tuple(prep["input_shape"])
     net = build_model(config.model.name, config.model.params(), shape, prep["num_outputs"])
     load_weights(net, weights_path(run, checkpoint))
