@@ -101,6 +101,18 @@ USER_CODE = """
             return image + 0.1 * torch.randn(image.shape), self.targets[i]
 
 
+    class PlainImages(Dataset):
+        def __init__(self, n: int = 120):
+            bunch = load_digits()
+            self.images, self.targets = bunch.images[:n, None].astype(np.float32), bunch.target[:n].tolist()
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, i):
+            return self.images[i], self.targets[i]
+
+
     class Sequences(Dataset):
         \"\"\"Language-modelling style dict samples: padded token ids, labels -100 on padding.\"\"\"
 
@@ -218,6 +230,23 @@ def test_random_transforms_give_the_same_batches_with_0_and_2_workers_and_after_
     split = prepare(config).split("train")
     assert not torch.equal(split[(0, 5)][0], split[(1, 5)][0]) and torch.equal(split[(1, 5)][0], split[(1, 5)][0])
     assert torch.equal(split[5][0], split[5][0])
+
+
+def test_data_augment_applies_to_the_training_split_of_a_user_dataset_as_to_arrays(usercode: Path) -> None:
+    from taktstock.config.loader import load_config
+    from taktstock.data.datasets import ArraySplit
+    from taktstock.data.prepare import prepare
+
+    raw = tiny_config(data={"source": "usercode.code:PlainImages", "augment": {"shift": 1, "hflip": True}, "normalize": "global"})
+    config = load_config(write_config(usercode / "exp.yaml", raw))
+    data = prepare(config)
+    train, val = data.split("train"), data.split("val")
+    plain = torch.stack([train[i][0] for i in range(len(train))])
+    arrays = ArraySplit(plain.numpy(), torch.stack([train[i][1] for i in range(len(train))]).numpy(), config.seed, config.data.augment)
+    for i in range(len(train)):
+        assert torch.equal(train[(3, i)][0], arrays[(3, i)][0])
+    assert not torch.equal(torch.stack([train[(3, i)][0] for i in range(len(train))]), plain)
+    assert torch.equal(val[(3, 0)][0], val[0][0])  # validation is never augmented
 
 
 def test_padding_labels_count_in_no_loss_accuracy_or_tally() -> None:

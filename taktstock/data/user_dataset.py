@@ -7,7 +7,8 @@ bounded sample of training inputs (to fit `data.normalize`). Items are `(inputs,
 dicts with the target under `"labels"`; nested structures such as `({"image": ..., "meta": ...}, y)`
 work. Each training read runs with torch's, Python's and NumPy's global generators seeded by
 (seed, epoch, index), so random transforms inside the dataset give the same sample with any
-number of workers and after a resume; evaluation reads use a seed of (seed, index).
+number of workers and after a resume; evaluation reads use a seed of (seed, index). The built-in
+`data.augment` applies to the float inputs of `(inputs, target)` items of the training split.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from taktstock.config.schema import Config
+from taktstock.config.schema import AugmentConfig, Config
+from taktstock.data.augment import augment_batch, is_active
 from taktstock.data.dataset import (
     EVAL_STREAM,
     Key,
@@ -75,9 +77,11 @@ class UserSplit(SplitDataset):
         source: str,
         normalizer: tuple[torch.Tensor, torch.Tensor] | None = None,
         label_index: dict[str, int] | None = None,
+        augment: AugmentConfig | None = None,
     ) -> None:
         self.dataset, self.indices, self.seed, self.source = dataset, indices, seed, source
         self.normalizer, self.label_index = normalizer, label_index
+        self.augment = augment if augment is not None and is_active(augment) else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -88,7 +92,11 @@ class UserSplit(SplitDataset):
         value = sample_seed(self.seed, epoch, j) if epoch is not None else sample_seed(self.seed, 0, j, EVAL_STREAM)
         with seeded_globals(value):
             item = self.dataset[j]
-        return self.convert(item)
+        sample = self.convert(item)
+        if self.augment is not None and epoch is not None and isinstance(sample[0], torch.Tensor):
+            # data.augment on float inputs, keyed by the split position as for in-memory arrays
+            sample = (augment_batch(sample[0][None], np.array([i]), epoch, self.seed, self.augment)[0], sample[1])
+        return sample
 
     def convert(self, item: Any) -> Any:
         """A raw item -> a tensor sample: `(inputs, target)` or a dict with `labels`."""
@@ -173,7 +181,10 @@ class UserPrepared:
             norm_state = Normalizer.fit(x, config.data.normalize)
         self.normalizer = norm_state or Normalizer.fit(np.zeros((0, *(inputs.shape if inputs else ())), np.float32), "none")
         tensors = None if norm_state is None else (torch.from_numpy(norm_state.shift), torch.from_numpy(norm_state.scale))
-        self._splits = {s: UserSplit(dataset, parts[s], config.seed, src, tensors, label_index) for s in parts}
+        augment = config.data.augment if isinstance(probe, tuple) else None
+        self._splits = {
+            s: UserSplit(dataset, parts[s], config.seed, src, tensors, label_index, augment if s == "train" else None) for s in parts
+        }
         self.feature_names = [str(f) for f in getattr(dataset, "feature_names", []) or []]
 
     @property
