@@ -50,7 +50,9 @@ def load_trained_model(run_dir: str | Path | RunDir, which: str = "best", device
         raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
     config = load_config(run.config)
     prep = json.loads(run.preprocessing.read_text())
-    model = build_model(config.model.name, config.model.params(), tuple(prep["input_shape"]), prep["num_outputs"])
+    # Token-id fields carry the vocabulary size the embedding needs (the dataset seam's sample spec).
+    vocab = next((f.get("vocab_size") for f in (prep.get("spec") or {}).values() if f.get("vocab_size") is not None), None)
+    model = build_model(config.model.name, config.model.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab_size=vocab)
     if weights.is_file():
         load_weights(model, weights)
     elif (run.checkpoints / "last.pt").is_file():  # training interrupted before final weights were written

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from taktstock.config.schema import Config, TrainConfig
-from taktstock.data.prepare import PreparedData
+from taktstock.data.dataset import PreparedDataset, input_shape
 from taktstock.models.init import initialize
 from taktstock.models.registry import build_model
 from taktstock.training.distributed import DistEnv, wrap_model
@@ -17,9 +17,11 @@ from taktstock.training.step import StepFn, default_step
 from taktstock.utils.imports import import_object
 
 
-def build_model_for(config: Config, data: PreparedData, device: torch.device, dist: DistEnv) -> tuple[nn.Module, nn.Module]:
+def build_model_for(config: Config, data: PreparedDataset, device: torch.device, dist: DistEnv) -> tuple[nn.Module, nn.Module]:
     """(plain model, model to call): the second may be compiled and/or wrapped for multi-process training."""
-    model = build_model(config.model.name, config.model.params(), data.input_shape, data.num_outputs)
+    spec = data.spec()
+    vocab = next((f.vocab_size for f in spec.values() if f.vocab_size is not None), None)
+    model = build_model(config.model.name, config.model.params(), input_shape(spec), data.num_outputs, vocab_size=vocab)
     initialize(model, config.model.init)
     model.to(device)
     if config.train.channels_last and device.type == "cuda":
