@@ -12,7 +12,6 @@ import pytest
 from conftest import REPO, run_cli, tiny_config, write_config
 from resume_harness import ForkServer, count_lines, kill_and_resume, shared_server
 
-pytest.importorskip("taktstock.data.dataset", reason="the dataset seam is not merged yet")
 
 sys.path.insert(0, str(REPO / "scripts"))
 from make_digit_images import write_digits

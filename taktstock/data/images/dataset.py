@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
 
+from taktstock.data.dataset import Key, SplitDataset, split_key
 from taktstock.data.images.decode import DecodeError, decode
 from taktstock.data.images.index import decode_path
 from taktstock.data.images.pixel_cache import FILE as PIXEL_FILE
@@ -61,7 +61,7 @@ def load_uint8(settings: ImageSettings, path: str | Path, resize: bool) -> torch
     return image
 
 
-class ImageSplitDataset(Dataset):
+class ImageSplitDataset(SplitDataset):
     """One split of an image source. Keys: `(epoch, index)` in training (train transforms, randomness
     seeded by (seed, epoch, index) only) or an `int` for evaluation (eval transforms).
 
@@ -69,7 +69,6 @@ class ImageSplitDataset(Dataset):
     workers) sends only the settings.
     """
 
-    collate = staticmethod(default_collate)
     get_batch = None  # no whole-batch fast path: every sample is decoded (or read from the pixel cache) alone
 
     def __init__(self, settings: ImageSettings, split: str) -> None:
@@ -112,8 +111,8 @@ class ImageSplitDataset(Dataset):
         items = self.settings.train_transforms if train else self.settings.eval_transforms
         return load_uint8(self.settings, self.path_of(index), resize=not sizes_itself(items))
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = key if isinstance(key, tuple) else (None, int(key))
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = split_key(key)
         st = self._open()
         for attempt in range(len(self)):
             # bad_samples=skip: a file that fails here is replaced by the next one of the split, the same

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from taktstock.config.schema import Config
+from taktstock.data.dataset import FieldSpec, Spec
 from taktstock.data.images.dataset import ImageSettings, ImageSplitDataset, load_uint8
 from taktstock.data.images.decode import DecodeError, check_header
 from taktstock.data.images.index import FileIndex, build_index, encode_paths
@@ -56,9 +57,9 @@ class PreparedImages:
     def split(self, name: str) -> ImageSplitDataset:
         return ImageSplitDataset(self.settings, name)
 
-    def spec(self) -> dict[str, dict[str, Any]]:
+    def spec(self) -> Spec:
         """Sample spec: input name -> shape (per sample) and dtype; the target is not an input."""
-        return {"inputs": {"shape": list(self.input_shape), "dtype": "float32"}}
+        return {"inputs": FieldSpec(self.input_shape, "float32")}
 
     def preprocessing(self) -> dict[str, Any]:
         """What predict/export need to turn image files into model inputs exactly as evaluation does."""
@@ -74,6 +75,7 @@ class PreparedImages:
             "eval_transforms": s.eval_transforms,
             "num_outputs": self.num_outputs,
             "class_names": self.class_names,
+            "spec": {k: v.to_dict() for k, v in self.spec().items()},
         }
 
 
