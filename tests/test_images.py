@@ -21,6 +21,7 @@ from conftest import REPO, cli_env, run_cli
 from torch.utils.data import DataLoader
 
 from taktstock.config.schema import Config
+from taktstock.data.dataset import FieldSpec
 from taktstock.data.images.inference import ImageInputs
 from taktstock.data.images.prepare import prepare_images
 from taktstock.data.images.transforms import apply_seeded, build_pipeline
@@ -81,7 +82,7 @@ def test_imagefolder_samples_splits_and_classes(folders: dict[str, Path], tmp_pa
     assert sizes == {"train": 56, "val": 12, "test": 12}
     x, y = data.split("train")[0]
     assert x.dtype == torch.float32 and tuple(x.shape) == (1, 16, 16) and y.dtype == torch.int64
-    assert data.spec()["inputs"] == {"shape": [1, 16, 16], "dtype": "float32"}
+    assert data.spec()["inputs"] == FieldSpec((1, 16, 16), "float32")
     # The split is stratified: every class in every split.
     for s in ("train", "val", "test"):
         ds = data.split(s)

@@ -62,6 +62,9 @@ class LoadedRun:
         """Raw-scale inputs around the training distribution (shift + scale * noise) for export checks."""
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn((n, *self.model.input_shape), generator=g)
+        if self.preprocessing.get("kind") == "image":
+            # Image models take (N, C, H, W) images as the eval transforms leave them (normalised floats).
+            return noise
         return (self.model.shift + self.model.scale * noise).reshape(n, -1)
 
 
