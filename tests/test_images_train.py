@@ -94,6 +94,14 @@ def train(server: ForkServer, root: Path, config: dict, name: str) -> Path:
     return root / name
 
 
+def cli(root: Path, *args: str) -> str:
+    """A taktstock command forked from the shared, pre-imported server (no interpreter start-up); its output."""
+    log = root / f"{args[0]}.log"
+    rc = shared_server().run(list(args), root, log, timeout=300)
+    assert rc == 0, log.read_text()[-3000:]
+    return log.read_text()
+
+
 @pytest.fixture(scope="module")
 def trained(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference run: one process, 2 DataLoader workers, random train transforms."""
@@ -117,17 +125,16 @@ def test_image_folder_trains_identically_with_0_and_2_workers_and_resumes_after_
 
 
 def test_evaluate_names_classes_by_folder(trained: Path) -> None:
-    proc = run_cli("evaluate", str(trained), cwd=trained.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli(trained.parent, "evaluate", str(trained))
     report = json.loads((trained / "eval" / "report.json").read_text())
     assert [k for k in report if k in NAMES] == NAMES
     assert sum(report[name]["support"] for name in NAMES) == 18  # the 15 % test split of 120 images
 
 
 def test_predict_takes_an_image_file_or_a_folder(folder: Path, trained: Path) -> None:
-    proc = run_cli("predict", str(trained), str(folder / "four"), cwd=trained.parent)
-    assert proc.returncode == 0, proc.stderr
-    rows = list(csv.reader(proc.stdout.splitlines()))
+    out = trained.parent / "four.csv"
+    cli(trained.parent, "predict", str(trained), str(folder / "four"), "--out", str(out))
+    rows = list(csv.reader(out.read_text().splitlines()))
     assert rows[0][:2] == ["file", "prediction"] and rows[0][2:] == [f"prob_{n}" for n in NAMES]
     assert len(rows) == 1 + 12 and all(r[1] in NAMES for r in rows[1:])
     from taktstock.deploy.predict import predict
@@ -139,8 +146,7 @@ def test_predict_takes_an_image_file_or_a_folder(folder: Path, trained: Path) ->
 def test_export_torchscript_of_an_image_run_matches_predict(folder: Path, trained: Path) -> None:
     from taktstock.data.images.inference import ImageInputs
 
-    proc = run_cli("export", str(trained), "--format", "torchscript", cwd=trained.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli(trained.parent, "export", str(trained), "--format", "torchscript")
     module = torch.jit.load(str(trained / "export" / "model.pt"))
     files = sorted((folder / "seven").iterdir())[:4]
     prep = json.loads((trained / "preprocessing.json").read_text())
