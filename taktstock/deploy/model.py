@@ -89,7 +89,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
     config = load_config(run.config)
     prep = json.loads(run.preprocessing.read_text())
     shape = tuple(prep["input_shape"])
-    net = build_model(config.model.name, config.model.params(), shape, prep["num_outputs"])
+    net = build_model(config.model.name, config.model.params(), shape, prep["num_outputs"], config.model.hf_config, config.task)
     load_weights(net, weights_path(run, checkpoint))
     if config.task == "regression":
         output = "identity"

@@ -20,22 +20,29 @@ from taktstock.training import components
 from taktstock.training.distributed import DistEnv
 
 
-def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.device | None = None) -> tuple[Any, Any, Any]:
-    """(config, prepared data, model in eval mode with the chosen weights)."""
+def load_trained_model(
+    run: RunDir, checkpoint: str = "best", device: torch.device | None = None, which: str | None = None
+) -> tuple[Any, Any, Any]:
+    """(config, prepared data, model in eval mode with the chosen weights); `which`: ema or raw (train.ema runs)."""
     if not run.config.is_file():
         raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
     weights = {"best": run.best, "last": run.model}.get(checkpoint)
     if weights is None:
         raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
     config = load_config(run.config)
+    raw_best = None
+    if which is not None:
+        weights, raw_best = _ema_or_raw(run, config, checkpoint, which, weights)
     data = prepare(config)
     if device is None:
         try:  # train.device: the GPU when there is one
             device = components.select_device(config, DistEnv())
         except ConfigError:  # trained on an accelerator this machine lacks
             device = torch.device("cpu")
-    model = components.build_model_for(config, data, device, DistEnv())[0]
-    if weights.is_file():
+    model = components.build_model_for(config, data, device, DistEnv(), initial_weights=False)[0]
+    if raw_best is not None:
+        model.load_state_dict(raw_best)
+    elif weights.is_file():
         components.load_weights(model, weights)
     elif (run.checkpoints / "last.pt").is_file():  # training interrupted before final weights were written
         model.load_state_dict(load_checkpoint(run.checkpoints / "last.pt")["model"])
@@ -45,12 +52,36 @@ def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.devi
     return config, data, model
 
 
-def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test", quiet: bool = False) -> dict[str, float]:
-    """Evaluate a run on `split`; writes RUN_DIR/eval/{metrics.json, report.json, confusion_matrix.png}."""
+def _ema_or_raw(run: RunDir, config: Any, checkpoint: str, which: str, weights: Path) -> tuple[Path, dict[str, Any] | None]:
+    """train.ema runs keep both: best.safetensors and ema.safetensors are EMA, model.safetensors and best.pt raw."""
+    from taktstock.training.ema import EMA_FILE
+
+    if which not in ("ema", "raw"):
+        raise ConfigError(f"--weights: expected ema or raw, got '{which}'")
+    if config.train.ema is None:
+        if which == "ema":
+            raise ConfigError(f"--weights ema: {run.root} was trained without train.ema")
+        return weights, None
+    if which == "ema":
+        return (run.best if checkpoint == "best" else run.root / EMA_FILE), None
+    if checkpoint == "last":
+        return run.model, None
+    best = run.checkpoints / "best.pt"
+    if not best.is_file():
+        raise ConfigError(f"--weights raw: {run.root} has no best checkpoint (checkpoints/best.pt) with the raw best weights")
+    return weights, load_checkpoint(best)["model"]
+
+
+def evaluate(
+    run_dir: str | Path, checkpoint: str = "best", split: str = "test", quiet: bool = False, weights: str | None = None
+) -> dict[str, float]:
+    """Evaluate a run on `split`; writes RUN_DIR/eval/{metrics.json, report.json, confusion_matrix.png}.
+
+    `weights`: ema or raw for a run trained with train.ema (default: its EMA weights)."""
     run = RunDir(Path(run_dir))
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got '{split}'")
-    config, data, model = load_trained_model(run, checkpoint)
+    config, data, model = load_trained_model(run, checkpoint, which=weights)
     device = next(model.parameters()).device
     x, y = data.split(split)
     if len(y) == 0:

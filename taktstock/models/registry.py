@@ -61,8 +61,19 @@ def constructor_params(cls: type) -> dict[str, inspect.Parameter]:
     }
 
 
-def build_model(name: str, params: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+def build_model(
+    name: str,
+    params: dict[str, Any],
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    hf_config: dict[str, Any] | None = None,
+    task: str = "classification",
+) -> nn.Module:
     """Instantiate a model, passing the data-derived shape arguments the class accepts."""
+    from taktstock.models import zoo
+
+    if zoo.is_zoo_name(name):  # torchvision:/timm:/hf: (before import paths, which also contain ':')
+        return zoo.build(name, params, input_shape, num_outputs, hf_config, task)
     cls = get_model_class(name)
     sig = inspect.signature(cls.__init__).parameters
     injected = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}

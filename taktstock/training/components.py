@@ -13,8 +13,10 @@ from taktstock.checkpoint.atomic import atomic_write_bytes
 from taktstock.config.schema import Config
 from taktstock.data.prepare import PreparedData
 from taktstock.errors import ConfigError
+from taktstock.models.finetune import freeze
 from taktstock.models.init import initialize
 from taktstock.models.registry import build_model
+from taktstock.models.weights import load_initial_weights
 from taktstock.training import optim
 from taktstock.training.distributed import DistEnv, wrap_model
 from taktstock.training.losses import build_loss
@@ -40,10 +42,19 @@ def select_device(config: Config, dist: DistEnv) -> torch.device:
     return torch.device(want)
 
 
-def build_model_for(config: Config, data: PreparedData, device: torch.device, dist: DistEnv) -> tuple[nn.Module, nn.Module]:
-    """(plain model, model to call): the second may be compiled and/or wrapped for multi-process training."""
-    model = build_model(config.model.name, config.model.params(), data.input_shape, data.num_outputs)
+def build_model_for(
+    config: Config, data: PreparedData, device: torch.device, dist: DistEnv, initial_weights: bool = True
+) -> tuple[nn.Module, nn.Module]:
+    """(plain model, model to call): the second may be compiled and/or wrapped for multi-process training.
+
+    `initial_weights=False` skips model.weights/model.pretrained (evaluation loads the run's own weights)."""
+    task = getattr(data, "task", config.task)  # the prepared dataset's task once the dataset seam lands
+    model = build_model(config.model.name, config.model.params(), data.input_shape, data.num_outputs, config.model.hf_config, task)
     initialize(model, config.model.init)
+    # Fine-tuning: initial weights, then freezing, before the model is moved, wrapped or compiled.
+    if initial_weights:
+        load_initial_weights(model, config.model, announce=dist.is_main)
+    freeze(model, config.model.freeze)
     model.to(device)
     if config.train.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)

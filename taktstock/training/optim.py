@@ -10,6 +10,7 @@ from torch import nn
 
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
+from taktstock.training.param_groups import build_param_groups
 
 
 def _optimizers() -> dict[str, type[torch.optim.Optimizer]]:
@@ -41,7 +42,9 @@ def build_optimizer(config: Config, model: nn.Module, device: torch.device) -> t
         kwargs["fused"] = True
 
     def build(kw: dict[str, object]) -> torch.optim.Optimizer:
-        return cls(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kw)
+        # optim.param_groups/no_decay/layer_decay: each group carries its own lr and weight decay.
+        groups = build_param_groups(config.optim, model)
+        return cls(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kw)
 
     try:
         try:
@@ -70,7 +73,10 @@ def build_scheduler(
     if s.name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=s.min_lr)
     if s.name == "onecycle":
-        return sched.OneCycleLR(optimizer, max_lr=s.max_lr or config.optim.lr, total_steps=total_steps)
+        # Every parameter group peaks at its own rate, scaled like its lr relative to optim.lr.
+        peak = s.max_lr or config.optim.lr
+        max_lrs = [peak * g["lr"] / config.optim.lr for g in optimizer.param_groups]
+        return sched.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps)
     if s.name == "warmup_cosine":
         warmup, base, floor = s.warmup_steps, config.optim.lr, s.min_lr
 

@@ -16,6 +16,7 @@ from taktstock.data.loaders import build_train_batches, eval_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import CheckpointError, ConfigError, TrainingAborted
 from taktstock.metrics.collection import EpochMetrics
+from taktstock.models.finetune import finetune_callbacks
 from taktstock.run_dir import RunDir
 from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.factory import build_trackers
@@ -23,6 +24,7 @@ from taktstock.tracking.jsonl import MetricsFile, read_metrics
 from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
 from taktstock.training.distributed import DistEnv, setup_distributed, teardown_distributed
+from taktstock.training.ema import EMA_FILE, build_ema, find_ema
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.resume import check_resume_compatible
 from taktstock.training.rng import seed_everything
@@ -90,6 +92,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
             _clear_previous_run(run, announce=not resuming)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
     metrics_file = MetricsFile(run.metrics)
+    ema = build_ema(config, model)  # train.ema: validated, checkpointed (callback state) and saved as best.safetensors
     parts = TrainerParts(
         config=config,
         model=model,
@@ -109,8 +112,10 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         autocast=components.autocast_for(config, device),
         step_fn=components.step_fn_for(config),
         dist=dist,
-        callbacks=components.callbacks_for(config) + list(callbacks or []),
-        save_best_weights=(lambda state=None: components.save_weights(model, run.best, state)) if dist.is_main else None,
+        callbacks=components.callbacks_for(config) + finetune_callbacks(config, model) + ([ema] if ema else []) + list(callbacks or []),
+        save_best_weights=(lambda state=None: components.save_weights(ema.module if ema else model, run.best, None if ema else state))
+        if dist.is_main
+        else None,
     )
     trainer = Trainer(parts)
     if ckpt_state is not None:
@@ -174,8 +179,11 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
     dicts = trainer.full_state_dicts()  # FSDP: every rank takes part in gathering the weights
     if dist.is_main:
         components.save_weights(parts.model, run.model, dicts[0] if dicts else None)
+        ema = find_ema(parts.callbacks)
+        if ema is not None:
+            components.save_weights(ema.module, run.root / EMA_FILE)
         if not run.best.exists():
-            components.save_weights(parts.model, run.best, dicts[0] if dicts else None)
+            components.save_weights(ema.module if ema else parts.model, run.best, None if ema else (dicts[0] if dicts else None))
         if config.logging.plots and records:
             from taktstock.tracking.plots import learning_curves
 

@@ -34,6 +34,7 @@ from taktstock.tracking.console import ConsoleProgress
 from taktstock.tracking.jsonl import MetricsFile
 from taktstock.training.distributed import DistEnv, full_state_dicts, is_sharded, load_full_state_dicts
 from taktstock.training.monitor import MetricMonitor
+from taktstock.training.param_groups import lr_record
 from taktstock.training.rng import capture_rng, restore_rng
 from taktstock.training.signals import PreemptionHandler
 from taktstock.training.state import LoopState, Sums
@@ -261,10 +262,12 @@ class Trainer:
         self._check_finite()
         p, s = self.p, self.state
         metrics = dict(extra or {})
+        # A callback may supply the weights to validate (train.ema: the averaged model).
+        eval_model = next((cb.eval_model() for cb in p.callbacks if hasattr(cb, "eval_model")), p.forward_model)
         if p.val_batches is not None:
             metrics.update(
                 run_eval(
-                    p.forward_model,
+                    eval_model,
                     p.val_batches(),
                     p.loss_fn,
                     p.val_metrics,
@@ -301,7 +304,7 @@ class Trainer:
             self._check_finite()
         self.tally.interval_checked()
         interval.reset()
-        record["lr"] = self.p.optimizer.param_groups[0]["lr"]
+        record.update(lr_record(self.p.optimizer))  # lr, and lr/<group> for each of several parameter groups
         if self.cfg.train.nan_policy == "skip":
             record["train/nan_skips"] = self.state.nan_skips
         elapsed = time.perf_counter() - self._t0
