@@ -111,6 +111,9 @@ class ModelConfig(BaseModel):
 
 class ParamGroupConfig(Section):
     params: str | list[str] = Field(..., description="Glob pattern(s) of parameter names in this group, e.g. 'head.*'.")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="Name in the logs (lr/<name>); default: the patterns without glob characters."
+    )
     lr: float | None = Field(None, gt=0, description="Learning rate of the group (default optim.lr).")
     weight_decay: float | None = Field(None, ge=0, description="Weight decay of the group (default optim.weight_decay).")
 
@@ -130,7 +133,7 @@ class OptimConfig(BaseModel):
     # -- parameter groups (training/param_groups.py) --
     param_groups: list[ParamGroupConfig] = Field(
         default_factory=list,
-        description="Parameter groups with their own lr/weight_decay; first match wins, the rest form the default group.",
+        description="Parameter groups {params: glob(s), lr, weight_decay, name}; first match wins, the rest form the default group.",
     )
     no_decay: list[str] | None = Field(
         None, description="Glob patterns of parameters without weight decay; default: biases and normalisation weights; [] decays all."

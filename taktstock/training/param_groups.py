@@ -8,6 +8,7 @@ carries a `name` key (torch keeps unknown keys), used for the per-group learning
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ def _trunk(model: nn.Module) -> list[nn.Module]:
     for module in model.modules():
         if isinstance(module, (nn.ModuleList, nn.Sequential)):
             blocks = [c for c in module.children() if any(True for _ in c.parameters())]
-            if len(blocks) > len(best):
+            # Repeated blocks share a class; a model's top-level Sequential (stem, blocks, head) does not.
+            if len(blocks) > len(best) and len({type(b) for b in blocks}) == 1:
                 best = blocks
     return best
 
@@ -91,7 +93,7 @@ def build_param_groups(cfg: OptimConfig, model: nn.Module) -> list[dict[str, Any
         layer = layers.get(name, n_layers - 1)
         key = (index, decay, layer)
         if key not in groups:
-            label = "default" if index < 0 else _label(cfg.param_groups[index].params)
+            label = "default" if index < 0 else _label(cfg.param_groups[index].name, cfg.param_groups[index].params, index)
             if cfg.layer_decay is not None:
                 label += f"/layer{layer}"
                 lr = lr * cfg.layer_decay ** (n_layers - 1 - layer)
@@ -103,8 +105,12 @@ def build_param_groups(cfg: OptimConfig, model: nn.Module) -> list[dict[str, Any
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0] < 0, k[0], k[2], not k[1]))]
 
 
-def _label(patterns: str | list[str]) -> str:
-    return patterns if isinstance(patterns, str) else ",".join(patterns)
+def _label(name: str | None, patterns: str | list[str], index: int) -> str:
+    """A name trackers accept as part of a metric key (MLflow refuses '*' and ','): 'head.*' -> 'head'."""
+    if name:
+        return name
+    joined = "_".join([patterns] if isinstance(patterns, str) else patterns)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", joined.replace(".*", "")).strip("._-") or f"group{index}"
 
 
 def lr_record(optimizer: torch.optim.Optimizer) -> dict[str, float]:
