@@ -96,6 +96,11 @@ class GradualUnfreeze:
             self.done = True
 
     def on_train_start(self, trainer: Any) -> None:  # a resumed run: the epoch it resumes in decides
+        if trainer.p.dist.enabled:
+            # DDP/FSDP fix the set of trained parameters when they wrap the model: unfrozen ones would never be synchronised.
+            raise ConfigError(
+                "model.unfreeze_at_epoch: not supported in multi-process runs (freeze without unfreezing, or train on one process)"
+            )
         self._apply(trainer.state.epoch)
 
     def on_epoch_end(self, trainer: Any) -> None:  # called before the epoch counter advances
