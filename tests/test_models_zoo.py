@@ -123,3 +123,19 @@ def test_models_command_lists_and_filters(workdir: Path) -> None:
     assert {"torchvision:resnet18", "torchvision:resnet101"} <= set(names)
     assert not any("fasterrcnn" in n for n in list_models("torchvision", "resnet"))  # classification models only
     assert list_models("builtin", "res*") == ["resnet"]
+
+
+def test_timm_pretrained_weights_come_from_the_hugging_face_cache_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from taktstock.models.zoo import pretrained_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--timm--resnet10t.c3_in1k"
+    with pytest.raises(ConfigError, match=rf"not in the local cache \(expected {repo}/snapshots/<revision>/model.safetensors\)"):
+        pretrained_file("timm:resnet10t")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    save_file({"fc.weight": torch.zeros(2, 2)}, repo / "snapshots" / "abc123" / "model.safetensors")
+    assert pretrained_file("timm:resnet10t") == repo / "snapshots" / "abc123" / "model.safetensors"
