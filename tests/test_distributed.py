@@ -276,7 +276,7 @@ def test_fsdp_run_survives_a_killed_worker_and_matches_single_process(runs: dict
 
 
 def test_launcher_builds_torchrun_command_lines() -> None:
-    from taktstock.training.launch import LaunchOptions, torchrun_argv
+    from taktstock.commands.launch import LaunchOptions, torchrun_argv
 
     worker = ["train", "cfg.yaml", "--run-dir", "runs/x"]
     single_node = torchrun_argv(LaunchOptions(nproc_per_node=4), worker)

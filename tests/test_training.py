@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from taktstock.checkpoint.manager import load_checkpoint
+from taktstock.checkpoint.weights import load_weights
 from taktstock.config.loader import validate
 from taktstock.config.schema import Config
 from taktstock.data.prepare import prepare
@@ -46,7 +47,7 @@ def records(run_dir: Path, key: str) -> list[tuple[int, float]]:
 
 def trained_model(config: Config, weights: Path) -> nn.Module:
     model = components.build_model_for(config, prepare(config), torch.device("cpu"), DistEnv())[0]
-    components.load_weights(model, weights)
+    load_weights(model, weights)
     return model.eval()
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
+from taktstock.registry import SOURCES
 from taktstock.utils.imports import import_object, is_import_path
 
 
@@ -33,7 +34,7 @@ class RawData:
     feature_names: list[str] = field(default_factory=list)
 
 
-_SOURCES: dict[str, Callable[[Config], RawData]] = {}
+_SOURCES = SOURCES  # the registry config validation asks; entries are loader functions
 # Sources whose fingerprint is known without loading the data (lets a prepared-cache hit skip the load
 # and, for the scikit-learn sets, the ~1 s import of scikit-learn).
 _CHEAP_FINGERPRINTS: dict[str, Callable[[Config], str]] = {}
@@ -43,19 +44,15 @@ def register_source(name: str) -> Callable[[Callable[[Config], RawData]], Callab
     """Decorator: make a loader function available as `data.source: <name>`."""
 
     def decorate(fn: Callable[[Config], RawData]) -> Callable[[Config], RawData]:
-        _SOURCES[name] = fn
-        return fn
+        return _SOURCES.register(name, fn)
 
     return decorate
 
 
 def check_source_name(name: str) -> None:
     """Raise `ConfigError` for a source that is neither registered nor an import path."""
-    if not is_import_path(name) and name not in _SOURCES:
-        raise ConfigError(
-            f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class'; "
-            "a source registered with @register_source needs its module listed under plugins)"
-        )
+    if not is_import_path(name):
+        _SOURCES.get(name, " or use 'module:Class'; a source registered with @register_source needs its module listed under plugins")
 
 
 def load_source(config: Config) -> RawData:
@@ -63,7 +60,7 @@ def load_source(config: Config) -> RawData:
     check_source_name(name)
     if is_import_path(name):
         return _user_source(config)
-    return _SOURCES[name](config)
+    return _SOURCES.get(name).obj(config)
 
 
 def cheap_fingerprint(config: Config) -> str | None:
@@ -107,7 +104,8 @@ def _require_file(config: Config) -> Path:
         raise ConfigError(f"data.path: required for data.source={config.data.source}")
     path = Path(config.data.path)
     if not path.is_file():
-        raise ConfigError(f"data.path: file not found: {path}")
+        where = "" if path.is_absolute() else f" (relative paths are read from the working directory, {Path.cwd()})"
+        raise ConfigError(f"data.path: file not found: {path}{where}")
     return path
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from taktstock.checkpoint.manager import load_checkpoint
+from taktstock.checkpoint.trained import load_trained_model as load_trained_model_of
 from taktstock.config.loader import load_config
 from taktstock.data.loaders import eval_batches
 from taktstock.data.prepare import prepare
@@ -16,60 +16,26 @@ from taktstock.errors import ConfigError
 from taktstock.evaluation.loop import run_eval
 from taktstock.metrics.collection import EpochMetrics
 from taktstock.run_dir import RunDir
-from taktstock.training import components
-from taktstock.training.distributed import DistEnv
+from taktstock.training.components import step_fn_for
+from taktstock.training.losses import build_loss
+from taktstock.training.precision import autocast_factory
 
 
 def load_trained_model(
-    run: RunDir, checkpoint: str = "best", device: torch.device | None = None, which: str | None = None
+    run: RunDir, checkpoint: str = "best", device: torch.device | None = None, weights: str | None = None
 ) -> tuple[Any, Any, Any]:
-    """(config, prepared data, model in eval mode with the chosen weights); `which`: ema or raw (train.ema runs)."""
-    if not run.config.is_file():
-        raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
-    weights = {"best": run.best, "last": run.model}.get(checkpoint)
-    if weights is None:
-        raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
-    config = load_config(run.config)
-    raw_best = None
-    if which is not None:
-        weights, raw_best = _ema_or_raw(run, config, checkpoint, which, weights)
-    data = prepare(config)
-    if device is None:
+    """(config, prepared data, model in eval mode with the chosen weights) on the run's device;
+    `weights`: ema or raw for a train.ema run."""
+    from taktstock.training.device import select_device
+
+    config = load_config(run.config) if run.config.is_file() else None
+    if device is None and config is not None:
         try:  # train.device: the GPU when there is one
-            device = components.select_device(config, DistEnv())
+            device = select_device(config.train.device)
         except ConfigError:  # trained on an accelerator this machine lacks
             device = torch.device("cpu")
-    model = components.build_model_for(config, data, device, DistEnv(), initial_weights=False)[0]
-    if raw_best is not None:
-        model.load_state_dict(raw_best)
-    elif weights.is_file():
-        components.load_weights(model, weights)
-    elif (run.checkpoints / "last.pt").is_file():  # training interrupted before final weights were written
-        model.load_state_dict(load_checkpoint(run.checkpoints / "last.pt")["model"])
-    else:
-        raise ConfigError(f"{run.root} has no trained weights yet ({weights.name} missing)")
-    model.eval()
-    return config, data, model
-
-
-def _ema_or_raw(run: RunDir, config: Any, checkpoint: str, which: str, weights: Path) -> tuple[Path, dict[str, Any] | None]:
-    """train.ema runs keep both: best.safetensors and ema.safetensors are EMA, model.safetensors and best.pt raw."""
-    from taktstock.training.ema import EMA_FILE
-
-    if which not in ("ema", "raw"):
-        raise ConfigError(f"--weights: expected ema or raw, got '{which}'")
-    if config.train.ema is None:
-        if which == "ema":
-            raise ConfigError(f"--weights ema: {run.root} was trained without train.ema")
-        return weights, None
-    if which == "ema":
-        return (run.best if checkpoint == "best" else run.root / EMA_FILE), None
-    if checkpoint == "last":
-        return run.model, None
-    best = run.checkpoints / "best.pt"
-    if not best.is_file():
-        raise ConfigError(f"--weights raw: {run.root} has no best checkpoint (checkpoints/best.pt) with the raw best weights")
-    return weights, load_checkpoint(best)["model"]
+    trained = load_trained_model_of(run, checkpoint, device, weights)
+    return trained.config, prepare(trained.config), trained.model
 
 
 def evaluate(
@@ -81,7 +47,7 @@ def evaluate(
     run = RunDir(Path(run_dir))
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got '{split}'")
-    config, data, model = load_trained_model(run, checkpoint, which=weights)
+    config, data, model = load_trained_model(run, checkpoint, weights=weights)
     device = next(model.parameters()).device
     x, y = data.split(split)
     if len(y) == 0:
@@ -92,11 +58,11 @@ def evaluate(
     values = run_eval(
         model,
         eval_batches(x, y, size),
-        components.build_loss_for(config, device),
+        build_loss(config.loss).to(device),
         metrics,
         device,
-        components.autocast_for(config, device),
-        components.step_fn_for(config),
+        autocast_factory(config.train.precision, device),
+        step_fn_for(config.train),
         collect=outputs,
     )
     run.eval_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from taktstock.registry import METRICS
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,6 +28,10 @@ def metric_names(config: Config) -> list[str]:
     names = [f"val/{n}" for n in (*base, *_extra_names(config))]
     names += ["train/loss"] + (["train/acc"] if config.task == "classification" else [])
     return names
+
+
+# Config validation checks metrics.monitor against this list (through the registry, not by importing metrics).
+METRICS.register("monitor_names", metric_names)
 
 
 def class_scores(output: torch.Tensor) -> torch.Tensor:

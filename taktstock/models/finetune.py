@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
+
+if TYPE_CHECKING:  # models/ sits below config/: the schema only as types
+    from taktstock.config.schema import Config, ModelConfig
 
 # Layers whose running statistics move in train mode: when all their parameters are frozen they stay in eval.
 _STAT_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -107,6 +109,6 @@ class GradualUnfreeze:
         self._apply(trainer.state.epoch + 1)
 
 
-def finetune_callbacks(config: Config, model: nn.Module) -> list[Any]:
-    m = config.model
+def finetune_callbacks(m: ModelConfig, model: nn.Module) -> list[Any]:
+    """model.unfreeze_at_epoch: the gradual-unfreezing callback (stateless: the epoch decides)."""
     return [GradualUnfreeze(model, m.freeze, m.unfreeze_at_epoch)] if m.unfreeze_at_epoch is not None else []

@@ -11,12 +11,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from taktstock.config.schema import ModelConfig
 from taktstock.errors import ConfigError
+
+if TYPE_CHECKING:  # models/ sits below config/: the schema only as types
+    from taktstock.config.schema import ModelConfig
 
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 

@@ -288,9 +288,11 @@ class MlflowTracker:
         import torch
 
         import taktstock
-        from taktstock.evaluation.evaluate import load_trained_model
+        from taktstock.checkpoint.trained import load_trained_model
+        from taktstock.data.prepare import prepare
 
-        _config, data, model = load_trained_model(run, "best")
+        trained = load_trained_model(run, "best")
+        model, data = trained.model, prepare(trained.config)
         x = data.split("val")[0] if len(data.split("val")[0]) else data.split("train")[0]
         example = x[:4].astype("float32")
         mlflow.set_tracking_uri(self.uri)

@@ -1,10 +1,10 @@
-"""`train.ema`: an exponential moving average of the weights, as a trainer callback.
+"""`train.ema`: an exponential moving average of the weights, a stateful part of the run.
 
 torch.optim.swa_utils.AveragedModel does the averaging (parameters and buffers, so BatchNorm
 statistics are averaged too): the first update copies the weights, every later one is
-`ema.lerp_(weights, 1 - decay)`. The trainer validates with `eval_model()`, so the monitored
-metric, best.safetensors and early stopping all judge the EMA weights. The callback's
-`state_dict` rides in every checkpoint (the trainer checkpoints callback state), so a resume
+`ema.lerp_(weights, 1 - decay)`. The trainer updates it after each optimizer step and validates
+with it, so the monitored metric, best.safetensors and early stopping all judge the EMA weights.
+It is registered with the checkpointer as the part "ema" (`training/parts.py`), so a resume
 continues the same average bit for bit.
 """
 
@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-from taktstock.config.schema import Config, EmaConfig
-
-EMA_FILE = "ema.safetensors"  # RUN_DIR/ema.safetensors: the final EMA weights (model.safetensors holds the raw ones)
+from taktstock.config.schema import EmaConfig
 
 
 class ModelEma:
@@ -35,26 +32,17 @@ class ModelEma:
         """The averaged model (same structure and state-dict keys as the trained one)."""
         return self.averaged.module
 
-    def on_step_end(self, trainer: Any) -> None:
-        if trainer.state.step % self.every == 0:
+    def update(self, step: int) -> None:
+        """After optimizer step `step` (counted from 1): average every `every_n_steps` steps."""
+        if step % self.every == 0:
             self.averaged.update_parameters(self.model)
 
-    def eval_model(self) -> nn.Module:
-        return self.module
-
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": self.averaged.state_dict()}
+        return self.averaged.state_dict()  # the averaged weights and buffers plus n_averaged
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.averaged.load_state_dict(state["ema"])
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
+        self.averaged.load_state_dict(state)
 
 
-def build_ema(config: Config, model: nn.Module) -> ModelEma | None:
-    return ModelEma(model, config.train.ema) if config.train.ema is not None else None
-
-
-def find_ema(callbacks: list[Any]) -> ModelEma | None:
-    return next((cb for cb in callbacks if isinstance(cb, ModelEma)), None)
+def build_ema(cfg: EmaConfig | None, model: nn.Module) -> ModelEma | None:
+    return ModelEma(model, cfg) if cfg is not None else None

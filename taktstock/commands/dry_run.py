@@ -20,6 +20,8 @@ from taktstock.errors import ConfigError
 from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
 from taktstock.training.distributed import DistEnv
+from taktstock.training.losses import build_loss
+from taktstock.training.optim import build_optimizer
 from taktstock.training.step import normalize_step_output
 
 
@@ -69,7 +71,7 @@ def dry_run(config_path: Path | None, overrides: list[str]) -> None:
     for name, kind, count in parameter_table(model):
         print(f"{name:<28} {kind:<20} {count:>12,}")
     print(f"parameters: {params:,} ({trainable:,} trainable, {params - trainable:,} frozen)")
-    print_param_groups(components.build_optimizer_for(config, model, device))
+    print_param_groups(build_optimizer(config.optim, model))
     print("# data")
     print(f"source: {config.data.source} ({config.task}); input shape {data.input_shape}, outputs {data.num_outputs}")
     for split in ("train", "val", "test"):
@@ -78,8 +80,8 @@ def dry_run(config_path: Path | None, overrides: list[str]) -> None:
     print(f"steps per epoch: {len(train_batches)} (batch_size {config.train.batch_size})")
     batch = next(iter(train_batches.epoch(0)))
     print(f"batch: {describe(batch)}")
-    step_fn = components.step_fn_for(config)
-    loss_fn = components.build_loss_for(config, device)
+    step_fn = components.step_fn_for(config.train)
+    loss_fn = build_loss(config.loss).to(device)
     model.eval()  # no dropout noise and no BatchNorm statistics updates from a dry run
     try:
         with torch.no_grad():
