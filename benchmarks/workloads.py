@@ -83,7 +83,8 @@ class Workload:
             from taktstock.config.loader import validate
             from taktstock.data.prepare import prepare
 
-            x, y = prepare(validate(self.config("never"), {}, "<benchmark>")).split("train")
+            train = prepare(validate(self.config("never"), {}, "<benchmark>")).split("train")
+            x, y = train.x, train.y
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, x=x, y=y)

@@ -10,8 +10,8 @@ import torch
 from torch.nn import functional as F
 
 from taktstock.errors import ConfigError
-from taktstock.models.hf import logits_of
 from taktstock.models.zoo import build
+from taktstock.training.step import default_step, logits_of
 from tests.conftest import run_cli, tiny_config, write_config
 
 TINY_BERT = {"model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -29,7 +29,7 @@ def dict_batch() -> dict[str, torch.Tensor]:
 
 
 def call(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The default step's convention for dict batches."""
+    """The default step's convention for dict batches (its logits helper reads `.logits`)."""
     return logits_of(model(**{k: v for k, v in batch.items() if k != "labels"}))
 
 
@@ -55,9 +55,9 @@ def test_causal_lm_loss_counts_real_tokens_only(tmp_path: Path) -> None:
     batch = dict_batch()
     labels = batch["input_ids"].clone()
     labels[batch["attention_mask"] == 0] = -100
-    logits = call(model, batch | {"labels": labels})
+    # The dataset seam's default step: model(**fields), .logits, per-position labels flattened.
+    loss, logits, _ = default_step(model, batch | {"labels": labels}, torch.nn.CrossEntropyLoss())
     assert logits.shape == (3, 7, 50)
-    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
     real = labels != -100
     assert torch.allclose(loss, F.cross_entropy(logits[real], labels[real]))
     model.save_pretrained(tmp_path / "gpt2")

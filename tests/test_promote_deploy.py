@@ -87,7 +87,7 @@ def _reference(project: Path, n: int = 40) -> torch.Tensor:
 
     _, data, model = load_trained_model(RunDir(project / "good"))
     with torch.no_grad():
-        return torch.softmax(model(torch.from_numpy(data.split("test")[0][:n])), dim=-1)
+        return torch.softmax(model(torch.from_numpy(data.split("test").x[:n])), dim=-1)
 
 
 def test_predict_csv_applies_the_stored_normalisation_and_matches_the_model_on_the_test_split(project: Path) -> None:

@@ -52,8 +52,12 @@ def load_trained_model(
         raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
     config = load_config(run.config)
     prep = json.loads(run.preprocessing.read_text())
+    # Token-id fields carry the vocabulary size the embedding needs (the dataset seam's sample spec).
+    vocab = next((f.get("vocab_size") for f in (prep.get("spec") or {}).values() if f.get("vocab_size") is not None), None)
     m = config.model
-    model = build_model(m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], m.hf_config, prep.get("task", config.task))
+    model = build_model(
+        m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab, m.hf_config, prep.get("task", config.task)
+    )
     state = _ema_or_raw(run, config, which, weights) if weights is not None else None
     if state is not None:
         model.load_state_dict(state)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from taktstock.config import config_to_yaml, load_config
+from taktstock.data.dataset import input_shape
 from taktstock.data.loaders import build_train_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError
@@ -73,10 +74,10 @@ def dry_run(config_path: Path | None, overrides: list[str]) -> None:
     print(f"parameters: {params:,} ({trainable:,} trainable, {params - trainable:,} frozen)")
     print_param_groups(build_optimizer(config.optim, model))
     print("# data")
-    print(f"source: {config.data.source} ({config.task}); input shape {data.input_shape}, outputs {data.num_outputs}")
+    print(f"source: {config.data.source} ({config.task}); input shape {input_shape(data.spec())}, outputs {data.num_outputs}")
     for split in ("train", "val", "test"):
-        print(f"{split}: {len(data.split(split)[1])} samples")
-    train_batches = build_train_batches(*data.split("train"), config, device)
+        print(f"{split}: {len(data.split(split))} samples")
+    train_batches = build_train_batches(data.split("train"), config, device)
     print(f"steps per epoch: {len(train_batches)} (batch_size {config.train.batch_size})")
     batch = next(iter(train_batches.epoch(0)))
     print(f"batch: {describe(batch)}")

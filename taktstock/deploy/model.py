@@ -16,6 +16,7 @@ from torch import nn
 
 from taktstock.checkpoint.trained import load_trained_model
 from taktstock.config.schema import Config
+from taktstock.errors import ConfigError
 
 
 class InferenceModel(nn.Module):
@@ -68,6 +69,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
     """Build the inference model of a run from its config, preprocessing.json and weights (no data needed)."""
     trained = load_trained_model(run_dir, checkpoint)
     config, prep = trained.config, trained.preprocessing
+    spec = prep.get("spec") or {"inputs": {"shape": prep["input_shape"], "dtype": "float32"}}
+    if set(spec) != {"inputs"} or spec["inputs"]["dtype"] != "float32":
+        fields = ", ".join(f"{k} ({v['dtype']})" for k, v in spec.items())
+        raise ConfigError(f"{run_dir}: predict and export take rows of float features; this run's samples have the fields {fields}")
     if config.task == "regression":
         output = "identity"
     else:

@@ -49,15 +49,15 @@ def evaluate(
         raise ConfigError(f"--split: expected train, val or test, got '{split}'")
     config, data, model = load_trained_model(run, checkpoint, weights=weights)
     device = next(model.parameters()).device
-    x, y = data.split(split)
-    if len(y) == 0:
+    part = data.split(split)
+    if len(part) == 0:
         raise ConfigError(f"--split: the {split} split is empty (see data.{split}_fraction)")
     metrics = EpochMetrics(config, data.num_outputs, device, prefix=split)
     outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
     size = config.train.eval_batch_size or config.train.batch_size
     values = run_eval(
         model,
-        eval_batches(x, y, size),
+        eval_batches(part, size, config=config),
         build_loss(config.loss).to(device),
         metrics,
         device,

@@ -42,6 +42,15 @@ def class_scores(output: torch.Tensor) -> torch.Tensor:
     return output
 
 
+def real_positions(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position (B, T, V) logits and (B, T) labels -> (N, V) and (N,) over the real tokens (labels != -100);
+    other outputs unchanged. Padding never counts in a metric."""
+    if not (target.ndim >= 2 and output.ndim == target.ndim + 1 and not target.is_floating_point()):
+        return output, target
+    keep = target.reshape(-1) != -100
+    return output.reshape(-1, output.shape[-1])[keep], target.reshape(-1)[keep]
+
+
 class EpochMetrics:
     """Loss and task metrics over a whole pass through a split.
 
@@ -92,6 +101,7 @@ class EpochMetrics:
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         if not self._built:
             self._build()
+        output, target = real_positions(output, target)
         weight = target.shape[0] if self.class_weights is None else self.class_weights[target].sum()
         self.loss.update(loss.detach(), weight=weight)
         out = output.detach().float()

@@ -29,23 +29,21 @@ def _auto_class(task: str, image: bool) -> Any:
     return transformers.AutoModelForImageClassification if image else transformers.AutoModelForSequenceClassification
 
 
-def logits_of(output: Any) -> Tensor:
-    """Logits from a model output: a tensor, an object with `.logits` or a dict with 'logits'."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["logits"]
-    return output.logits
-
-
 def _pixels_to_logits(self: nn.Module, x: Tensor) -> Tensor:
     # The class's own forward, called by keyword: tuple batches pass the images positionally.
     return type(self).forward(self, pixel_values=x).logits
 
 
 def build_hf(
-    arch: str, params: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int, hf_config: dict | None, task: str = "classification"
+    arch: str,
+    params: dict[str, Any],
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    hf_config: dict | None,
+    task: str = "classification",
+    vocab_size: int | None = None,
 ) -> nn.Module:
+    """A transformers model for `task` (the prepared dataset's), its head sized to `num_outputs`."""
     image = len(input_shape) in (2, 3)
     auto = _auto_class(task, image)
     head = {"num_labels": num_outputs} if task == "classification" else {}
@@ -57,6 +55,8 @@ def build_hf(
             if image:  # the data decides the input geometry
                 fields.setdefault("num_channels", 1 if len(input_shape) == 2 else int(input_shape[0]))
                 fields.setdefault("image_size", int(input_shape[-1]))
+            elif vocab_size is not None:  # token ids: the data's vocabulary sizes the embedding
+                fields.setdefault("vocab_size", vocab_size)
             config = transformers.AutoConfig.for_model(model_type, **fields, **head, **params)
             model = auto.from_config(config)
         else:

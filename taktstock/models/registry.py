@@ -66,17 +66,22 @@ def build_model(
     params: dict[str, Any],
     input_shape: tuple[int, ...],
     num_outputs: int,
+    vocab_size: int | None = None,
     hf_config: dict[str, Any] | None = None,
     task: str = "classification",
 ) -> nn.Module:
-    """Instantiate a model, passing the data-derived shape arguments the class accepts."""
+    """Instantiate a model, passing the data-derived arguments the class accepts (from the sample spec):
+    `input_shape`, `num_outputs` and, for token inputs, `vocab_size` unless the config sets it.
+    torchvision:/timm:/hf: names go to their builders (`hf_config`, `task`: see models/hf.py)."""
     from taktstock.models import zoo
 
-    if zoo.is_zoo_name(name):  # torchvision:/timm:/hf: (before import paths, which also contain ':')
-        return zoo.build(name, params, input_shape, num_outputs, hf_config, task)
+    if zoo.is_zoo_name(name):  # before import paths, which also contain ':'
+        return zoo.build(name, params, input_shape, num_outputs, hf_config, task, vocab_size)
     cls = get_model_class(name)
     sig = inspect.signature(cls.__init__).parameters
-    injected = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
+    injected: dict[str, Any] = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
+    if vocab_size is not None:
+        injected["vocab_size"] = vocab_size
     kwargs = {k: v for k, v in injected.items() if k in sig}
     kwargs.update(params)
     try:

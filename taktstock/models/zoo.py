@@ -116,13 +116,15 @@ def build(
     num_outputs: int,
     hf_config: dict[str, Any] | None = None,
     task: str = "classification",
+    vocab_size: int | None = None,
 ) -> nn.Module:
-    """The architecture of `name` with a `num_outputs` head and a first layer that fits `input_shape`."""
+    """The architecture of `name` with a `num_outputs` head and a first layer that fits `input_shape`
+    (`vocab_size`: the token inputs' vocabulary from the sample spec, for hf: text models)."""
     source, arch = split_name(name)  # type: ignore[misc]
     if source == "hf":
         from taktstock.models.hf import build_hf
 
-        return build_hf(arch, params, input_shape, num_outputs, hf_config, task)
+        return build_hf(arch, params, input_shape, num_outputs, hf_config, task, vocab_size)
     try:
         if source == "timm":
             _check_timm_name(arch)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from taktstock.config.schema import Config, TrainConfig
-from taktstock.data.prepare import PreparedData
+from taktstock.data.dataset import PreparedDataset, input_shape
 from taktstock.models.finetune import freeze
 from taktstock.models.init import initialize
 from taktstock.models.registry import build_model
@@ -20,13 +20,14 @@ from taktstock.utils.imports import import_object
 
 
 def build_model_for(
-    config: Config, data: PreparedData, device: torch.device, dist: DistEnv, initial_weights: bool = True
+    config: Config, data: PreparedDataset, device: torch.device, dist: DistEnv, initial_weights: bool = True
 ) -> tuple[nn.Module, nn.Module]:
     """(plain model, model to call): the second may be compiled and/or wrapped for multi-process training.
 
-    `initial_weights=False` skips model.weights/model.pretrained (evaluation loads the run's own weights)."""
-    task = getattr(data, "task", config.task)  # the prepared dataset's task once the dataset seam lands
-    model = build_model(config.model.name, config.model.params(), data.input_shape, data.num_outputs, config.model.hf_config, task)
+    The model is built from the sample spec; `initial_weights=False` skips model.weights/model.pretrained."""
+    spec, m = data.spec(), config.model
+    vocab = next((f.vocab_size for f in spec.values() if f.vocab_size is not None), None)
+    model = build_model(m.name, m.params(), input_shape(spec), data.num_outputs, vocab, m.hf_config, data.task)
     initialize(model, config.model.init)
     # Fine-tuning: initial weights, then freezing, before the model is moved, wrapped or compiled.
     if initial_weights:

@@ -98,7 +98,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         if start is None:  # a fresh run, or a resume that found no valid checkpoint: start clean
             _clear_previous_run(run, announce=not resuming)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
-    train_batches = build_train_batches(*data.split("train"), config, device, dist.rank, dist.world_size)
+    train_batches = build_train_batches(data.split("train"), config, device, dist.rank, dist.world_size)
     settings = LoopSettings.from_config(config, len(train_batches))
     # The LR schedule's horizon is known before anything is built: this run's steps, or the original run's on resume.
     horizon = schedule_horizon(settings.total_steps, config.scheduler.name, ckpt_state)
@@ -113,7 +113,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         scheduler=build_scheduler(config, optimizer, horizon),
         scaler=grad_scaler(config.train.precision, device),
         train_batches=train_batches,
-        val_batches=_val_batches(config, data, dist) if len(data.split("val")[1]) else None,
+        val_batches=_val_batches(config, data, dist) if len(data.split("val")) else None,
         val_metrics=EpochMetrics(config, data.num_outputs, device, "val"),
         trackers=trackers,
         metrics_file=(metrics_file := MetricsFile(run.metrics)),
@@ -259,6 +259,6 @@ def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], re
 
 
 def _val_batches(config: Config, data: Any, dist: DistEnv) -> Any:
-    x, y = data.split("val")
+    split = data.split("val")
     size = config.train.eval_batch_size or config.train.batch_size
-    return lambda: eval_batches(x, y, size, dist.rank, dist.world_size)
+    return lambda: eval_batches(split, size, dist.rank, dist.world_size, config)

@@ -31,7 +31,7 @@ from taktstock.training.parts import TrainerParts
 from taktstock.training.settings import LoopSettings
 from taktstock.training.signals import PreemptionHandler
 from taktstock.training.state import LoopState
-from taktstock.training.step import batch_size_of, normalize_step_output, to_device
+from taktstock.training.step import batch_size_of, count_of, normalize_step_output, to_device
 from taktstock.training.tally import StepTally
 
 
@@ -119,7 +119,7 @@ class Trainer:
             if cycle_len > 1:
                 scaled = scaled / cycle_len
             (p.scaler.scale(scaled) if p.scaler else scaled).backward()
-        n = batch_size_of(batch)
+        n = count_of(batch, out, target)
         self.tally.record(loss, out if self.settings.classification else None, target, n, self.state.step)
         self._samples += n
 
