@@ -84,3 +84,36 @@ def test_hf_image_model_trains_through_the_cli_and_reloads_from_a_saved_director
     images = torch.randn(2, 1, 8, 8)
     assert torch.equal(reloaded(images), vit.eval()(images))  # tuple batches: images in, logits out
     assert reloaded(images).shape == (2, 10)
+
+
+# A user Dataset of dict samples (token ids, attention mask, a class label): the dataset seam's text batches.
+TOKENS = """
+import numpy as np
+from torch.utils.data import Dataset
+
+
+class Tokens(Dataset):
+    def __init__(self, n=96, length=8):
+        g = np.random.default_rng(0)
+        self.ids = g.integers(1, 20, (n, length)).astype(np.int64)
+        self.targets = [int(3 in row) for row in self.ids]  # does token 3 occur: learnable by attention
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": np.ones_like(self.ids[i]), "labels": self.targets[i]}
+"""
+
+
+def test_hf_text_classification_trains_on_dict_batches_through_the_cli_and_evaluates(workdir: Path) -> None:
+    (workdir / "tokens.py").write_text(TOKENS)
+    config = tiny_config(
+        data={"source": "tokens:Tokens", "normalize": "none"}, train={"epochs": 1, "max_steps": 3, "batch_size": 32, "log_every_n_steps": 1}
+    )
+    config["model"] = {"name": "hf:bert", "hf_config": TINY_BERT | {"vocab_size": 20}}
+    run = workdir / "run"
+    run_cli("train", str(write_config(workdir / "a.yaml", config)), "--run-dir", str(run), cwd=workdir, check=True)
+    from taktstock.evaluation.evaluate import evaluate
+
+    assert "test/acc" in evaluate(run, quiet=True)  # the one model loader rebuilds hf:bert from the run (in-process: one start-up less)
