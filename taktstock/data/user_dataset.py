@@ -186,6 +186,7 @@ class UserPrepared:
             s: UserSplit(dataset, parts[s], config.seed, src, tensors, label_index, augment if s == "train" else None) for s in parts
         }
         self.feature_names = [str(f) for f in getattr(dataset, "feature_names", []) or []]
+        self.source = src
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -206,6 +207,8 @@ class UserPrepared:
             "num_outputs": self.num_outputs,
             "class_names": self.class_names,
             "feature_names": self.feature_names,
+            # predict rebuilds this dataset from data.kwargs and replays its `features(rows)` hook
+            "dataset": self.source,
             "spec": {k: v.to_dict() for k, v in self._spec.items()},
         }
 

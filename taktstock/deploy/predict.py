@@ -95,6 +95,10 @@ def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best
         files = image_files(Path(input_path))
         to_inputs = ImageInputs(loaded.preprocessing)
         x = torch.cat([to_inputs(files[i : i + batch_size]) for i in range(0, len(files), batch_size)])
+    elif loaded.preprocessing.get("dataset"):  # a user Dataset class: its own transform of raw rows
+        from taktstock.deploy.dataset_rows import dataset_inputs
+
+        x = torch.from_numpy(dataset_inputs(Path(input_path), loaded))
     else:
         x = torch.from_numpy(read_inputs(Path(input_path), loaded))
     header, rows = _outputs(loaded, x, batch_size)

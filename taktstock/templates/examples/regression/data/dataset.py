@@ -30,17 +30,24 @@ class DiabetesDataset(Dataset):
             raise ValueError(f"target_scale must be positive, got {target_scale}")
         with csv_path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        names = [k for k in rows[0] if k != preprocess.TARGET]
-        x = np.array([[float(r[k]) for k in names] for r in rows], dtype=np.float32)
-        if one_hot_sex and "sex" in names:  # a category coded 1/2 is clearer as two indicator columns
-            col = names.index("sex")
-            codes = sorted(set(x[:, col].tolist()))
-            onehot = (x[:, col : col + 1] == np.array(codes, dtype=np.float32)).astype(np.float32)
-            x = np.concatenate([np.delete(x, col, axis=1), onehot], axis=1)
-            names = [n for n in names if n != "sex"] + [f"sex={c:g}" for c in codes]
-        self.feature_names = names
-        self.x = x
+        self.columns = [k for k in rows[0] if k != preprocess.TARGET]
+        # Category codes are fitted on the training file once, so predict's rows get the same columns.
+        self.sex_codes = sorted({float(r["sex"]) for r in rows}) if one_hot_sex and "sex" in self.columns else []
+        self.feature_names = [n for n in self.columns if not self.sex_codes or n != "sex"] + [f"sex={c:g}" for c in self.sex_codes]
+        self.x = self.features(rows)
         self.y = np.array([float(r[preprocess.TARGET]) for r in rows], dtype=np.float32) / np.float32(target_scale)
+
+    def features(self, rows: list[dict[str, str]]) -> np.ndarray:
+        """Raw CSV rows (column -> value; other columns ignored) -> float32 features.
+
+        The one place raw rows become model inputs: training uses it here, and `taktstock predict`
+        calls it on new rows so they get exactly the same transform."""
+        x = np.array([[float(r[k]) for k in self.columns] for r in rows], dtype=np.float32)
+        if self.sex_codes:  # a category coded 1/2 is clearer as two indicator columns
+            col = self.columns.index("sex")
+            onehot = (x[:, col : col + 1] == np.array(self.sex_codes, dtype=np.float32)).astype(np.float32)
+            x = np.concatenate([np.delete(x, col, axis=1), onehot], axis=1)
+        return x
 
     def __len__(self) -> int:
         return len(self.y)

@@ -28,17 +28,26 @@ class WineDataset(Dataset):
         with csv_path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         self.feature_names = [k for k in rows[0] if k != preprocess.TARGET]
-        x = np.array([[float(r[k]) for k in self.feature_names] for r in rows], dtype=np.float32)
-        # Skewed, positive measurements are easier to learn on a log scale.
         for name in log_features or []:
             if name not in self.feature_names:
                 raise ValueError(f"log_features: unknown column '{name}' (columns: {', '.join(self.feature_names)})")
-            col = self.feature_names.index(name)
-            x[:, col] = np.log1p(np.clip(x[:, col], 0.0, None))
+        self.log_features = list(log_features or [])
+        self.x = self.features(rows)
         labels = [r[preprocess.TARGET] for r in rows]
         self.classes = sorted(set(labels))
-        self.x = x
         self.y = np.array([self.classes.index(v) for v in labels], dtype=np.int64)
+
+    def features(self, rows: list[dict[str, str]]) -> np.ndarray:
+        """Raw CSV rows (column -> value; other columns ignored) -> float32 features.
+
+        The one place raw rows become model inputs: training uses it here, and `taktstock predict`
+        calls it on new rows so they get exactly the same transform."""
+        x = np.array([[float(r[k]) for k in self.feature_names] for r in rows], dtype=np.float32)
+        # Skewed, positive measurements are easier to learn on a log scale.
+        for name in self.log_features:
+            col = self.feature_names.index(name)
+            x[:, col] = np.log1p(np.clip(x[:, col], 0.0, None))
+        return x
 
     def __len__(self) -> int:
         return len(self.y)
