@@ -140,27 +140,50 @@ def test_train_and_evaluate_log_params_metrics_artifacts_and_registered_model(ba
     local = client.download_artifacts(run.info.run_id, "eval/metrics.json", str(workdir))
     assert Path(local).read_bytes() == (workdir / "run" / "eval" / "metrics.json").read_bytes()
 
-    # registered model: version 1 of the experiment's name, from this run; pyfunc predicts like the best weights
+    # registered model: version 1 of the experiment's name, from this run; raw rows in, the inference model's probabilities out
     versions = client.search_model_versions(f"name='digits-{backend}'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
+    import mlflow
     import mlflow.pyfunc
     import torch
+    from sklearn.datasets import load_digits
 
-    from taktstock.evaluation.evaluate import load_trained_model
-    from taktstock.run_dir import RunDir
+    from taktstock.deploy.model import load_run
 
     os.chdir(workdir)
-    _config, data, model = load_trained_model(RunDir(workdir / "run"), "best")
-    x = data.split("test").x[:16].astype(np.float32)
+    raw = load_digits().data[:16].astype(np.float32)
     with torch.no_grad():
-        expected_out = model(torch.from_numpy(x)).numpy()
-    import mlflow
-
+        expected_out = load_run(workdir / "run", "best").model(torch.from_numpy(raw)).numpy()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/digits-{backend}/1")
     assert pyfunc.metadata.signature is not None
-    assert np.array_equal(np.asarray(pyfunc.predict(x)), expected_out)
+    assert np.allclose(np.asarray(pyfunc.predict(raw)), expected_out, atol=1e-6)
+
+
+def test_training_and_promote_register_one_contract_raw_rows_in_probabilities_out(workdir: Path) -> None:
+    """register_model=true and `taktstock promote` add versions of one registered model that answer alike."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    mlflow_cfg = {"enabled": True, "register_model": True, "tracking_uri": uri}
+    write_config(workdir / "exp.yaml", tiny_config(logging={"tensorboard": False, "plots": False, "mlflow": mlflow_cfg}))
+    run_cli("train", "exp.yaml", "--run-dir", "run", cwd=workdir, check=True)
+    run_cli("promote", "run", cwd=workdir, check=True)
+
+    import mlflow
+    import mlflow.pyfunc
+    from sklearn.datasets import load_digits
+
+    client = _client(uri)
+    versions = sorted(client.search_model_versions("name='tiny'"), key=lambda v: int(v.version))
+    assert [(int(v.version), v.tags.get("taktstock.weights_sha256") is not None) for v in versions] == [(1, False), (2, True)]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    trained, promoted = (mlflow.pyfunc.load_model(f"models:/tiny/{v}") for v in ("1", "2"))
+    assert trained.metadata.signature.to_dict() == promoted.metadata.signature.to_dict()
+    raw = load_digits().data[:32].astype(np.float32)  # (32, 64) raw pixel counts, as predict reads them
+    out = np.asarray(trained.predict(raw))
+    assert out.shape == (32, 10) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)  # probabilities
+    assert np.array_equal(out, np.asarray(promoted.predict(raw)))
 
 
 KILL_CALLBACK = '''

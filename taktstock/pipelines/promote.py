@@ -91,8 +91,10 @@ def _promote(run: RunDir, config: Any, metric: str, mode: str, metrics: dict[str
     from mlflow.exceptions import MlflowException
 
     name = model_name(config)
+    # The registry is the tracking store too, whatever MLFLOW_REGISTRY_URI the environment holds.
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     experiment = config.logging.mlflow.experiment or name
     if client.get_experiment_by_name(experiment) is None:
         client.create_experiment(experiment, artifact_location=artifact_location(uri))
@@ -143,31 +145,15 @@ def _tagged_value(tags: dict[str, str], metric: str) -> float | None:
 def _register(run: RunDir, name: str, experiment: str, metrics: dict[str, float]) -> int:
     """Log the traced inference model (raw features in, normalisation inside) as a new version of `name`."""
     import mlflow
-    import torch
-    from mlflow.models import infer_signature
 
-    from taktstock.deploy.model import load_run
+    from taktstock.deploy.mlflow_model import log_inference_model
 
-    loaded = load_run(run.root, "best")
-    x = loaded.sample_inputs(4)
-    with torch.no_grad():
-        y = loaded.model(x)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run.root.name) as active:
         mlflow.set_tags({"taktstock.run_dir": str(run.root.resolve()), "taktstock.stage": "promote"})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        # MLflow's 'pt2' format stores a torch.export program: the registered model loads and serves
-        # without taktstock installed.
-        info = mlflow.pytorch.log_model(
-            loaded.model,
-            name="model",
-            input_example=x.numpy(),
-            signature=infer_signature(x.numpy(), y.numpy()),
-            # Stated rather than inferred: inference re-loads the model in a subprocess (tens of seconds).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            registered_model_name=name,
-        )
-        mlflow.log_dict(loaded.preprocessing, "preprocessing.json")
+        info = log_inference_model(run.root, registered_model_name=name)
+        mlflow.log_artifact(str(run.preprocessing))
     version = info.registered_model_version
     if version is None:
         raise UserError(f"MLflow did not register {name} (run {active.info.run_id})")

@@ -283,7 +283,27 @@ class MlflowTracker:
             self._log_best_model(run)
 
     def _log_best_model(self, run: RunDir) -> None:
+        """The best model, in the contract `taktstock promote` registers (raw features in, probabilities out)."""
         import mlflow
+
+        from taktstock.deploy.mlflow_model import log_inference_model
+        from taktstock.errors import ConfigError
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        name = self.experiment if self.cfg.register_model else None
+        with mlflow.start_run(run_id=self.run_id):
+            try:
+                info = log_inference_model(run.root, registered_model_name=name, await_registration_for=30)
+            except ConfigError:  # samples that are not float feature rows (token ids, dicts): the network as trained
+                info = self._log_network(run, name)
+        fields: dict[str, Any] = {"model_uri": info.model_uri}
+        if self.cfg.register_model and info.registered_model_version is not None:
+            fields["registered_model"] = f"models:/{self.experiment}/{info.registered_model_version}"
+        self.run.update_info(mlflow=self.state() | fields)
+
+    def _log_network(self, run: RunDir, name: str | None) -> Any:
+        """The trained network itself, its inputs as the split's batches give them (inside the active run)."""
         import mlflow.pytorch
         import torch
 
@@ -299,23 +319,16 @@ class MlflowTracker:
         inputs = {k: v for k, v in inputs.items() if k != "labels"} if isinstance(inputs, dict) else inputs[0]
         # The signature is inferred from the example: float features stay float32, token ids int64.
         example = {k: v.numpy() for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.numpy()
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
         # Explicit requirements: inferring them would load the model in a subprocess (slow).
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"taktstock=={taktstock.__version__}"]
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=example,
-                pip_requirements=requirements,
-                registered_model_name=self.experiment if self.cfg.register_model else None,
-                await_registration_for=30,
-            )
-        fields: dict[str, Any] = {"model_uri": info.model_uri}
-        if self.cfg.register_model and info.registered_model_version is not None:
-            fields["registered_model"] = f"models:/{self.experiment}/{info.registered_model_version}"
-        self.run.update_info(mlflow=self.state() | fields)
+        return mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example,
+            pip_requirements=requirements,
+            registered_model_name=name,
+            await_registration_for=30,
+        )
 
     def state(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "tracking_uri": self.uri, "experiment_id": self.experiment_id}
