@@ -21,6 +21,7 @@ def _register() -> None:
         config_cmd,
         evaluate_cmd,
         export_cmd,
+        generate_cmd,
         new_cmd,
         pipeline_cmd,
         predict_cmd,
@@ -43,6 +44,7 @@ def _register() -> None:
         promote_cmd,
         export_cmd,
         predict_cmd,
+        generate_cmd,
     )
     for module in modules:
         module.register(app)

@@ -52,6 +52,17 @@ class DataConfig(Section):
     memory_budget_mb: float = Field(1024.0, gt=0, description="Largest prepared dataset used in-memory by in_memory='auto'.")
     on_device: bool = Field(False, description="Keep in-memory data on the accelerator (GPU) instead of host memory.")
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(), description="Training-time augmentation.")
+    # Text and language modelling (data.source: text | corpus); see docs/data.md.
+    text_field: str = Field("text", description="text: the column/field holding the text.")
+    text_pair_field: str | None = Field(None, description="text: optional second text field (sentence pairs).")
+    tokenizer: str | TokenizerTrainConfig = Field(
+        default_factory=lambda: TokenizerTrainConfig(),
+        description="text/corpus: a tokenizer.json or Hugging Face tokenizer directory, or {train: bpe|wordpiece|unigram|byte, "
+        "vocab_size: N} to train one on the training split at prepare time.",
+    )
+    max_length: int = Field(512, ge=1, description="text: truncate tokenised samples (pairs together) to this many tokens.")
+    pad_to_multiple_of: int | None = Field(None, ge=1, description="text: pad batches to a multiple of this (e.g. 8 for tensor cores).")
+    block_size: int = Field(256, ge=1, description="corpus: tokens per language-modelling window.")
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
@@ -66,12 +77,19 @@ class AugmentConfig(Section):
     noise_std: float = Field(0.0, ge=0.0, description="Gaussian noise added to inputs (after normalisation).")
 
 
+class TokenizerTrainConfig(Section):
+    train: Literal["bpe", "wordpiece", "unigram", "byte"] = Field(
+        "bpe", description="Tokenizer model trained on the training split: bpe, wordpiece, unigram or byte-level BPE."
+    )
+    vocab_size: int = Field(8192, ge=64, le=1 << 31, description="Vocabulary size, special tokens included.")
+
+
 class ModelConfig(BaseModel):
     """`name` picks the model; every other key is a constructor argument of that model."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: str = Field("mlp", description="Registered model name (mlp, cnn, resnet) or import path 'module:Class'.")
+    name: str = Field("mlp", description="Registered model name (mlp, cnn, resnet, transformer, gpt) or import path 'module:Class'.")
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
     )
