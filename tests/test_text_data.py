@@ -240,3 +240,64 @@ def test_corpus_paths_folder_glob_and_errors(workdir: Path) -> None:
     config = _config(source="corpus", path="src", block_size=100000, tokenizer={"train": "byte", "vocab_size": 400})
     with pytest.raises(ConfigError, match=r"data\.block_size: the train split has"):
         prepare_corpus(config).split("train")
+
+
+# ----------------------------------------------------------------------------- workers and learning
+
+
+def _keys(epoch: int, order: np.ndarray, batch: int) -> list[list[tuple[int, int]]]:
+    return [[(epoch, int(i)) for i in order[s : s + batch]] for s in range(0, len(order), batch)]
+
+
+def test_worker_processes_give_the_same_batches_as_the_main_process(workdir: Path) -> None:
+    """The splits pickle without their mapped tokens, re-open them in each worker and batch identically."""
+    from torch.utils.data import DataLoader
+
+    write_jsonl(workdir / "d.jsonl", labelled_sentences(40))
+    text = prepare_text_classification(
+        _config(source="text", path="d.jsonl", target="label", tokenizer={"train": "bpe", "vocab_size": 150})
+    )
+    python_sources(workdir / "corpus", 4)
+    corpus = prepare_corpus(_config(source="corpus", path="corpus", block_size=16, tokenizer={"train": "byte", "vocab_size": 300}))
+    for split in (text.split("train"), corpus.split("train")):
+        order = np.random.default_rng([3, 2]).permutation(len(split))[:48]
+        batches = _keys(2, order, 8)
+        loaders = [
+            DataLoader(batches, batch_size=None, num_workers=w, collate_fn=lambda keys, s=split: s.collate([s[k] for k in keys]))
+            for w in (0, 2)
+        ]
+        main, workers = (list(loader) for loader in loaders)
+        assert len(main) == len(workers) == len(batches) >= 3
+        for a, b in zip(main, workers, strict=True):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        fast = [split.get_batch(np.array([k[1] for k in keys]), epoch=2) for keys in batches]
+        assert all(torch.equal(a[k], f[k]) for a, f in zip(main, fast, strict=True) for k in a)
+
+
+def test_text_classification_learns_above_chance(workdir: Path, one_thread) -> None:
+    """The transformer on generated topic sentences, through the prepared splits' padded batches."""
+    from taktstock.metrics.tokens import correct_count, token_cross_entropy
+    from taktstock.models.transformer import TransformerClassifier
+
+    write_jsonl(workdir / "d.jsonl", labelled_sentences(300))
+    data = prepare_text_classification(
+        _config(source="text", path="d.jsonl", target="label", pad_to_multiple_of=8, tokenizer={"train": "wordpiece", "vocab_size": 200})
+    )
+    train, val = data.split("train"), data.split("val")
+    torch.manual_seed(0)
+    model = TransformerClassifier(data.vocab_size, data.num_outputs, dim=32, depth=1, heads=2, dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for epoch in range(3):
+        order = np.random.default_rng([3, epoch]).permutation(len(train))
+        for s in range(0, len(order), 32):
+            batch = train.get_batch(order[s : s + 32], epoch)
+            loss = token_cross_entropy(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch["labels"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    batch = val.get_batch(np.arange(len(val)))
+    with torch.no_grad():
+        hits, count = correct_count(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch["labels"])
+    assert count.item() == len(val) == 45
+    assert hits.item() / count.item() > 0.8  # chance is 1/3
