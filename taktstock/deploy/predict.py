@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,10 @@ def _read_csv(path: Path, loaded: LoadedRun) -> np.ndarray:
 
 def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024) -> tuple[list[str], list[list]]:
     """(CSV header, rows): the predicted class name and per-class probabilities, or the predicted value."""
+    if _is_text_run(Path(run_dir)):
+        from taktstock.deploy.predict_text import predict_text
+
+        return predict_text(run_dir, input_path, checkpoint)
     loaded = load_run(run_dir, checkpoint)
     x = torch.from_numpy(read_inputs(Path(input_path), loaded))
     with torch.no_grad():
@@ -87,6 +92,13 @@ def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best
     labels = probs.argmax(dim=1).tolist()
     rows = [[names[k], *p] for k, p in zip(labels, probs.tolist(), strict=True)]
     return ["prediction", *(f"prob_{n}" for n in names)], rows
+
+
+def _is_text_run(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "preprocessing.json").read_text()).get("kind") == "text"
+    except (OSError, ValueError):
+        return False  # load_run reports the missing or broken file
 
 
 def to_csv(header: list[str], rows: list[list]) -> str:

@@ -64,7 +64,8 @@ def constructor_params(cls: type) -> dict[str, inspect.Parameter]:
 def build_model(
     name: str, params: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int, vocab_size: int | None = None
 ) -> nn.Module:
-    """Instantiate a model, passing the data-derived shape arguments the class accepts (vocab_size for token data)."""
+    """Instantiate a model, passing the data-derived arguments the class accepts (from the sample spec):
+    `input_shape`, `num_outputs` and, for token inputs, `vocab_size` unless the config sets it."""
     cls = get_model_class(name)
     sig = inspect.signature(cls.__init__).parameters
     injected: dict[str, Any] = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}

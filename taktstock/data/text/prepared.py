@@ -142,12 +142,14 @@ class TextClassificationData:
         return TextClassificationSplit(store, labels, self.meta["pad_id"], self.meta["pad_to_multiple_of"])
 
     def spec(self) -> dict[str, Any]:
-        """Input names -> shape (None: per-batch length) and dtype; plus the vocabulary size for the model."""
-        shape = [None]
+        """Input name -> {shape (the longest a sample can be; batches are padded to their longest), dtype, vocab_size}.
+
+        The seam's `FieldSpec.to_dict` form: `FieldSpec.from_dict` turns each entry into its spec field.
+        """
+        shape = [self.meta["max_length"]]
         return {
-            "input_ids": {"shape": shape, "dtype": "int64"},
+            "input_ids": {"shape": shape, "dtype": "int64", "vocab_size": self.vocab_size},
             "attention_mask": {"shape": shape, "dtype": "int64"},
-            "vocab_size": self.vocab_size,
         }
 
     def preprocessing(self) -> dict[str, Any]:
@@ -309,7 +311,8 @@ class LanguageModelingData:
         return split
 
     def spec(self) -> dict[str, Any]:
-        return {"input_ids": {"shape": [self.block_size], "dtype": "int64"}, "vocab_size": self.vocab_size}
+        """As for text classification: the seam's `FieldSpec.to_dict` form."""
+        return {"input_ids": {"shape": [self.block_size], "dtype": "int64", "vocab_size": self.vocab_size}}
 
     def preprocessing(self) -> dict[str, Any]:
         keys = ("vocab_size", "eos_id")
