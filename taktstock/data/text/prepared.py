@@ -279,7 +279,10 @@ class LanguageModelingData:
     block_size: int
 
     task = "language_modeling"
-    class_names: tuple[str, ...] = ()
+
+    @property
+    def class_names(self) -> list[str]:
+        return []  # the outputs are the vocabulary, not named classes
 
     @property
     def fingerprint(self) -> str:
