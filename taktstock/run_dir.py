@@ -7,6 +7,7 @@ RUN_DIR/checkpoints/        periodic checkpoints, last, best
 RUN_DIR/model.safetensors   final weights
 RUN_DIR/best.safetensors    best weights by the monitored metric
 RUN_DIR/preprocessing.json  normalisation and class names, for predict/export
+RUN_DIR/tokenizer.json      text runs: the tokenizer, for predict/generate
 RUN_DIR/eval/               evaluate's metrics.json, report.json, confusion_matrix.png
 RUN_DIR/tensorboard/        event files
 RUN_DIR/plots/              learning curves
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taktstock.checkpoint.atomic import atomic_write_text
+from taktstock.utils.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)

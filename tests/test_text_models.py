@@ -10,10 +10,11 @@ import torch
 
 from taktstock.data.text.classification import TextClassificationSplit
 from taktstock.data.text.tokens import TokenStore, write_token_store
-from taktstock.metrics.tokens import IGNORE_INDEX, TokenLossTally, correct_count, logits_of, perplexity, token_cross_entropy, token_loss_sum
+from taktstock.metrics.tokens import IGNORE_INDEX, TokenLossTally, correct_count, perplexity, token_cross_entropy, token_loss_sum
 from taktstock.models.gpt import GPT
 from taktstock.models.registry import available_models, build_model
 from taktstock.models.transformer import TransformerClassifier
+from taktstock.training.step import logits_of
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,11 @@
-"""Preprocessing as a separate, cached step: deterministic split + normalisation fitted on train only.
+"""`prepare(config)`: the prepared dataset of a config, whatever its source (see `data/dataset.py`).
 
-The cache key is a fingerprint of the source content and every setting that changes the result,
-so editing a training hyperparameter never re-prepares and editing a preprocessing one always does.
+Array sources (scikit-learn sets, CSV, NPZ, synthetic, `@register_source` functions) are split and
+normalised here (fitted on train only) and cached as one file; `PreparedData` is their
+`PreparedDataset`. The cache key is a fingerprint of the source content and every setting that
+changes the result, so editing a training hyperparameter never re-prepares and editing a
+preprocessing one always does. Sources registered with `@register_dataset` and user `Dataset`
+classes by import path prepare themselves.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from taktstock.config.schema import Config
+from taktstock.config.schema import AugmentConfig, Config
+from taktstock.data.dataset import FieldSpec, PreparedDataset, Spec, dataset_source
+from taktstock.data.datasets import ArraySplit
 from taktstock.data.sources import cheap_fingerprint, load_source
 from taktstock.errors import ConfigError
+from taktstock.utils.imports import is_import_path
 
 PREP_VERSION = 2  # bump when the split or normalisation algorithm changes: invalidates caches
 SPLITS = ("train", "val", "test")
@@ -60,7 +67,7 @@ class Normalizer:
 
 @dataclass
 class PreparedData:
-    """Split, normalised arrays and what is needed to rebuild the model head and preprocess new data."""
+    """The in-memory `PreparedDataset`: split, normalised arrays and what predict needs for new data."""
 
     arrays: dict[str, tuple[np.ndarray, np.ndarray]]
     normalizer: Normalizer
@@ -69,13 +76,20 @@ class PreparedData:
     feature_names: list[str]
     fingerprint: str
     path: Path
+    task: str = "classification"
+    seed: int = 0
+    augment: AugmentConfig | None = None  # training-split augmentation (not part of the cache)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.arrays["train"][0].shape[1:])
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        return self.arrays[name]
+    def split(self, name: str) -> ArraySplit:
+        x, y = self.arrays[name]
+        return ArraySplit(x, y, self.seed, self.augment if name == "train" else None)
+
+    def spec(self) -> Spec:
+        return {"inputs": FieldSpec(self.input_shape, "float32")}
 
     def nbytes(self) -> int:
         return sum(x.nbytes + y.nbytes for x, y in self.arrays.values())
@@ -88,6 +102,7 @@ class PreparedData:
             "num_outputs": self.num_outputs,
             "class_names": self.class_names,
             "feature_names": self.feature_names,
+            "spec": {k: v.to_dict() for k, v in self.spec().items()},
         }
 
 
@@ -106,10 +121,27 @@ def fingerprint(config: Config, source_fp: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare(config: Config, verbose: bool = False) -> PreparedData:
-    """Return the prepared splits, computing and caching them only when the fingerprint is new."""
-    raw = None
-    source_fp = cheap_fingerprint(config)
+def prepare(config: Config, verbose: bool = False) -> PreparedDataset:
+    """The prepared dataset of `config`: a registered dataset source, a user Dataset class, or cached arrays."""
+    builder = dataset_source(config.data.source)
+    if builder is not None:
+        return builder(config)
+    if is_import_path(config.data.source):
+        from taktstock.data.user_dataset import prepare_user_source
+
+        return prepare_user_source(config, verbose=verbose)
+    return prepare_arrays(config, verbose=verbose)
+
+
+def prepare_arrays(config: Config, verbose: bool = False, raw: Any = None) -> PreparedData:
+    """Array sources: the prepared splits, computed and cached only when the fingerprint is new."""
+    data = _prepare_arrays(config, verbose, raw)
+    data.task, data.seed, data.augment = config.task, config.seed, config.data.augment
+    return data
+
+
+def _prepare_arrays(config: Config, verbose: bool, raw: Any) -> PreparedData:
+    source_fp = raw.fingerprint if raw is not None else cheap_fingerprint(config)
     if source_fp is None:
         raw = load_source(config)
         source_fp = raw.fingerprint

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from taktstock.errors import ConfigError, UserError
-from taktstock.metrics.tokens import logits_of
 from taktstock.run_dir import RunDir
+from taktstock.training.step import logits_of
 
 
 @torch.no_grad()
@@ -69,25 +69,19 @@ class LanguageModelRun:
 
 def load_language_model(run_dir: str | Path, checkpoint: str = "best") -> LanguageModelRun:
     """The run's model (saved config + weights), tokenizer and block size; no data needed."""
-    from taktstock.config.loader import load_config
+    from taktstock.checkpoint.trained import load_trained_model
     from taktstock.data.text.tokenizer import load_tokenizer
-    from taktstock.deploy.model import weights_path
-    from taktstock.models.registry import build_model
-    from taktstock.training.components import load_weights
 
     run = RunDir(Path(run_dir))
-    if not run.config.is_file():
-        raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
-    if not run.preprocessing.is_file():
-        raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
-    prep = json.loads(run.preprocessing.read_text())
-    if prep.get("kind") != "corpus":
+    if run.preprocessing.is_file() and json.loads(run.preprocessing.read_text()).get("kind") != "corpus":
         raise UserError(f"{run.root} is not a language-model run (data.source: corpus); generate needs one")
-    config = load_config(run.config)
-    tokenizer = load_tokenizer(run.root / prep["tokenizer"])
-    model = build_model(config.model.name, config.model.params(), (prep["block_size"],), prep["num_outputs"], vocab_size=prep["vocab_size"])
-    load_weights(model, weights_path(run, checkpoint))
-    return LanguageModelRun(model.eval(), tokenizer, int(prep["block_size"]), prep.get("eos_id"))
+    trained = load_trained_model(run, checkpoint)
+    prep = trained.preprocessing
+    tokenizer_file = run.root / prep["tokenizer"]
+    if not tokenizer_file.is_file():
+        raise ConfigError(f"{run.root} has no {prep['tokenizer']} (training copies the tokenizer there when it starts)")
+    tokenizer = load_tokenizer(tokenizer_file)
+    return LanguageModelRun(trained.model, tokenizer, int(prep["block_size"]), prep.get("eos_id"))
 
 
 def generate(

@@ -6,7 +6,6 @@ from RUN_DIR/preprocessing.json, so inference sees exactly the ids training saw.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +39,20 @@ def predict_text(
     run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 64
 ) -> tuple[list[str], list[list[Any]]]:
     """(CSV header, rows): the predicted class name and per-class probabilities of every text."""
-    from taktstock.config.loader import load_config
+    from taktstock.checkpoint.trained import load_trained_model
     from taktstock.data.text.classification import pad_batch
     from taktstock.data.text.tokenizer import load_tokenizer
-    from taktstock.deploy.model import weights_path
-    from taktstock.metrics.tokens import logits_of
-    from taktstock.models.registry import build_model
-    from taktstock.training.components import load_weights
+    from taktstock.training.step import logits_of
 
     run = RunDir(Path(run_dir))
-    prep = json.loads(run.preprocessing.read_text())
+    trained = load_trained_model(run, checkpoint)
+    prep = trained.preprocessing
     if prep.get("kind") != "text":
         raise ConfigError(f"{run.root} is not a text-classification run")
-    config = load_config(run.config)
     tokenizer = load_tokenizer(run.root / prep["tokenizer"])
     tokenizer.no_padding()
     tokenizer.enable_truncation(prep["max_length"])
-    model = build_model(config.model.name, config.model.params(), (prep["max_length"],), prep["num_outputs"], vocab_size=prep["vocab_size"])
-    load_weights(model, weights_path(run, checkpoint))
-    model.eval()
+    model = trained.model
     texts, pairs = read_texts(Path(input_path), prep["text_field"], prep.get("text_pair_field"))
     names = list(prep["class_names"])
     rows: list[list[Any]] = []

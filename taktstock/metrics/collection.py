@@ -1,11 +1,15 @@
 """Whole-epoch metrics (never averages of per-batch values), accumulated on the device.
 
 Classification: loss, acc, f1, precision, recall (macro). Regression: loss, mse, mae, r2.
+Language modelling: loss and perplexity per real token (`metrics/tokens.py`), no per-class metrics:
+a vocabulary of classes over every position would cost far more than the forward pass.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from taktstock.registry import METRICS
 
 if TYPE_CHECKING:
     import torch
@@ -14,6 +18,7 @@ if TYPE_CHECKING:
 
 CLASSIFICATION = ("loss", "acc", "f1", "precision", "recall")
 REGRESSION = ("loss", "mse", "mae", "r2")
+LANGUAGE_MODELING = ("loss", "perplexity")  # per token; see metrics/tokens.py
 
 
 def _extra_names(config: Config) -> list[str]:
@@ -22,10 +27,14 @@ def _extra_names(config: Config) -> list[str]:
 
 def metric_names(config: Config) -> list[str]:
     """Every metric name a run logs for validation and training (used to check metrics.monitor)."""
-    base = CLASSIFICATION if config.task == "classification" else REGRESSION
+    base = {"classification": CLASSIFICATION, "language_modeling": LANGUAGE_MODELING}.get(config.task, REGRESSION)
     names = [f"val/{n}" for n in (*base, *_extra_names(config))]
     names += ["train/loss"] + (["train/acc"] if config.task == "classification" else [])
     return names
+
+
+# Config validation checks metrics.monitor against this list (through the registry, not by importing metrics).
+METRICS.register("monitor_names", metric_names)
 
 
 def class_scores(output: torch.Tensor) -> torch.Tensor:
@@ -34,6 +43,24 @@ def class_scores(output: torch.Tensor) -> torch.Tensor:
         z = output.reshape(-1, 1)
         return __import__("torch").cat([-z, z], dim=1)
     return output
+
+
+def real_positions(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position (B, T, V) logits and (B, T) labels -> (N, V) and (N,) over the real tokens (labels != -100);
+    other outputs unchanged. Padding never counts in a metric."""
+    if not (target.ndim >= 2 and output.ndim == target.ndim + 1 and not target.is_floating_point()):
+        return output, target
+    keep = target.reshape(-1) != -100
+    return output.reshape(-1, output.shape[-1])[keep], target.reshape(-1)[keep]
+
+
+def build_epoch_metrics(config: Config, num_outputs: int, device: torch.device, prefix: str = "val") -> Any:
+    """The whole-split metrics of the run's task: `EpochMetrics`, or `TokenMetrics` for language modelling."""
+    if config.task == "language_modeling":
+        from taktstock.metrics.tokens import TokenMetrics
+
+        return TokenMetrics(device, prefix)
+    return EpochMetrics(config, num_outputs, device, prefix)
 
 
 class EpochMetrics:
@@ -86,6 +113,7 @@ class EpochMetrics:
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         if not self._built:
             self._build()
+        output, target = real_positions(output, target)
         weight = target.shape[0] if self.class_weights is None else self.class_weights[target].sum()
         self.loss.update(loss.detach(), weight=weight)
         out = output.detach().float()

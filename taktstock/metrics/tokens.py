@@ -7,25 +7,12 @@ means let batches of different real-token counts combine exactly (sum of sums / 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = -100
-
-
-def logits_of(output: Any) -> Tensor:
-    """The logits of a model output: a tensor, an object with `.logits` or a dict with `"logits"` (Hugging Face)."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, dict) and "logits" in output:
-        return output["logits"]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(f"model output {type(output).__name__} is not a tensor and has no 'logits'")
 
 
 def _flat(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,3 +68,48 @@ class TokenLossTally:
             return {"loss": math.nan, "perplexity": math.nan, "tokens": 0}
         total, count = float(self.loss_sum), int(self.count)
         return {"loss": total / count if count else math.nan, "perplexity": perplexity(total, count), "tokens": count}
+
+
+class TokenMetrics:
+    """Validation metrics of a language model: `<prefix>/loss` (cross-entropy per real token) and `<prefix>/perplexity`.
+
+    The interface of `EpochMetrics` (update, update_loss, compute, reset). Both numbers come from the
+    logits through `TokenLossTally`, never from the step's loss (which a user loss or label smoothing may
+    change), so perplexity is exactly exp(per-token cross-entropy).
+    """
+
+    def __init__(self, device: torch.device, prefix: str = "val") -> None:
+        self.device, self.prefix = device, prefix
+        self.tally = TokenLossTally()
+        self._loss_only: list[tuple[Tensor, int]] = []
+
+    def update(self, output: Tensor, target: Tensor, loss: Tensor) -> None:
+        self.tally.update(output, target)
+
+    def update_loss(self, loss: Tensor, count: int) -> None:
+        """A custom step that returns only the loss: its mean over `count` is all there is to average."""
+        self._loss_only.append((loss.detach().double() * count, count))
+
+    def compute(self) -> dict[str, float]:
+        if self.tally.count is None and self._loss_only:
+            total, count = float(sum(t for t, _ in self._loss_only)), sum(c for _, c in self._loss_only)
+            return {f"{self.prefix}/loss": total / count if count else math.nan, f"{self.prefix}/perplexity": perplexity(total, count)}
+        self._sum_over_ranks()
+        values = self.tally.compute()
+        return {f"{self.prefix}/loss": values["loss"], f"{self.prefix}/perplexity": values["perplexity"]}
+
+    def _sum_over_ranks(self) -> None:
+        """Each rank evaluated its shard of the split (as torchmetrics' sync does for `EpochMetrics`): add them up."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if self.tally.loss_sum is not None and self.tally.count is not None:
+            sums[0], sums[1] = self.tally.loss_sum, self.tally.count
+        dist.all_reduce(sums)  # every rank calls compute(): a collective, in the same order everywhere
+        self.tally.loss_sum, self.tally.count = sums[0], sums[1].long()
+
+    def reset(self) -> None:
+        self.tally = TokenLossTally()
+        self._loss_only.clear()

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from taktstock.data.dataset import SplitDataset
 from taktstock.data.text.tokens import TokenStore
 
 
@@ -25,7 +25,7 @@ def pad_batch(sequences: Sequence[np.ndarray], pad_id: int, multiple_of: int | N
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-class TextClassificationSplit(Dataset):
+class TextClassificationSplit(SplitDataset):
     """One split of a text-classification dataset.
 
     A sample is `{"input_ids": int64 [L], "labels": int64 []}`; `collate` pads a list of them to

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
+from taktstock.data.dataset import SplitDataset
 from taktstock.data.text.tokens import TokenStore
 
 
@@ -24,7 +25,7 @@ def epoch_shift(seed: int, epoch: int, block_size: int) -> int:
     return int.from_bytes(digest[:8], "little") % block_size
 
 
-class LanguageModelingSplit(Dataset):
+class LanguageModelingSplit(SplitDataset):
     """`{"input_ids": int64 [T], "labels": int64 [T]}` with labels the inputs shifted left by one token.
 
     Documents are concatenated with their end-of-document tokens, so a window may span a boundary, as in

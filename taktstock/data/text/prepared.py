@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from taktstock.config.schema import Config, TokenizerTrainConfig
+from taktstock.data.dataset import FieldSpec, Spec, register_dataset
 from taktstock.data.text import tokenizer as tokenizers_
 from taktstock.data.text.classification import TextClassificationSplit
 from taktstock.data.text.lm import LanguageModelingSplit
@@ -141,23 +142,28 @@ class TextClassificationData:
         labels = np.load(self.path / f"{name}.labels.npy", mmap_mode="r")
         return TextClassificationSplit(store, labels, self.meta["pad_id"], self.meta["pad_to_multiple_of"])
 
-    def spec(self) -> dict[str, Any]:
-        """Input name -> {shape (the longest a sample can be; batches are padded to their longest), dtype, vocab_size}.
-
-        The seam's `FieldSpec.to_dict` form: `FieldSpec.from_dict` turns each entry into its spec field.
-        """
-        shape = [self.meta["max_length"]]
-        return {
-            "input_ids": {"shape": shape, "dtype": "int64", "vocab_size": self.vocab_size},
-            "attention_mask": {"shape": shape, "dtype": "int64"},
-        }
+    def spec(self) -> Spec:
+        """Input fields; the shape is the longest a sample can be (batches are padded to their longest)."""
+        shape = (self.meta["max_length"],)
+        return {"input_ids": FieldSpec(shape, "int64", self.vocab_size), "attention_mask": FieldSpec(shape, "int64")}
 
     def preprocessing(self) -> dict[str, Any]:
         """What predict needs: the tokenizer file name (copied into the run), lengths, padding, label names."""
         keys = ("vocab_size", "max_length", "pad_id", "pad_to_multiple_of", "text_field", "text_pair_field", "class_names")
-        return {"kind": "text", "tokenizer": "tokenizer.json", "num_outputs": self.num_outputs} | {k: self.meta[k] for k in keys}
+        return _with_spec(self, {"kind": "text", "tokenizer": "tokenizer.json"} | {k: self.meta[k] for k in keys})
 
 
+def _with_spec(data: Any, prep: dict[str, Any]) -> dict[str, Any]:
+    # The one model loader (checkpoint/trained.py) builds the model from these, as for every source.
+    spec = data.spec()
+    return prep | {
+        "num_outputs": data.num_outputs,
+        "input_shape": list(spec["input_ids"].shape),
+        "spec": {k: v.to_dict() for k, v in spec.items()},
+    }
+
+
+@register_dataset("text", task="classification", length_key="max_length")
 def prepare_text_classification(config: Config) -> TextClassificationData:
     """Read, split (stratified, as for every taktstock source), train the tokenizer on train, tokenise, cache."""
     from taktstock.data.prepare import _split_indices
@@ -313,17 +319,18 @@ class LanguageModelingData:
             )
         return split
 
-    def spec(self) -> dict[str, Any]:
-        """As for text classification: the seam's `FieldSpec.to_dict` form."""
-        return {"input_ids": {"shape": [self.block_size], "dtype": "int64", "vocab_size": self.vocab_size}}
+    def spec(self) -> Spec:
+        return {"input_ids": FieldSpec((self.block_size,), "int64", self.vocab_size)}
 
     def preprocessing(self) -> dict[str, Any]:
+        """What generate needs: the tokenizer file name (copied into the run), the window, the end-of-document id."""
         keys = ("vocab_size", "eos_id")
-        return {"kind": "corpus", "tokenizer": "tokenizer.json", "block_size": self.block_size, "num_outputs": self.vocab_size} | {
-            k: self.meta[k] for k in keys
-        }
+        return _with_spec(
+            self, {"kind": "corpus", "tokenizer": "tokenizer.json", "block_size": self.block_size} | {k: self.meta[k] for k in keys}
+        )
 
 
+@register_dataset("corpus", task="language_modeling", length_key="block_size")
 def prepare_corpus(config: Config) -> LanguageModelingData:
     """Split the files by document, train the tokenizer on the train documents, tokenise each split once."""
     d = config.data
