@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from taktstock.config.schema import Config
+from taktstock.data.dataset import FieldSpec
 from taktstock.data.text.classification import TextClassificationSplit, pad_batch
 from taktstock.data.text.lm import LanguageModelingSplit, epoch_shift
 from taktstock.data.text.prepared import corpus_files, prepare_corpus, prepare_text_classification, split_documents
@@ -170,7 +171,7 @@ def test_prepare_text_classification_caches_and_respects_max_length(workdir: Pat
     train = data.split("train")
     assert train.store.lengths().max() <= 6
     assert train[0]["input_ids"][0].item() == load_tokenizer(data.tokenizer_path).token_to_id("[CLS]")
-    assert json.dumps(data.preprocessing()) and data.spec()["input_ids"] == {"shape": [6], "dtype": "int64", "vocab_size": data.vocab_size}
+    assert json.dumps(data.preprocessing()) and data.spec()["input_ids"] == FieldSpec((6,), "int64", data.vocab_size)
     again = prepare_text_classification(config)
     assert again.path == data.path and again.fingerprint == data.fingerprint
     assert prepare_text_classification(_config(**config.data.model_dump() | {"max_length": 7})).fingerprint != data.fingerprint
