@@ -44,6 +44,7 @@ def _register() -> None:
         evaluate_cmd,
         export_cmd,
         generate_cmd,
+        models_cmd,
         new_cmd,
         pipeline_cmd,
         predict_cmd,
@@ -67,6 +68,7 @@ def _register() -> None:
         export_cmd,
         predict_cmd,
         generate_cmd,
+        models_cmd,
     )
     for module in modules:
         module.register(app)

@@ -154,8 +154,13 @@ def _import_plugins(config: Config) -> None:
 
 def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
     """Check model arguments against the model's constructor and fill in its defaults."""
+    from taktstock.models import finetune, zoo
     from taktstock.models.registry import constructor_params, get_model_class
 
+    finetune.check_model_config(config)
+    if zoo.is_zoo_name(config.model.name):  # torchvision:/timm:/hf: builders check their own arguments
+        zoo.check_params(config.model.name, config.model.params())
+        return
     cls = get_model_class(config.model.name)
     params = constructor_params(cls)
     try:  # resolves string annotations (from __future__ import annotations)
@@ -223,6 +228,8 @@ def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
             config.data.source,
             " or use 'module:Class'; a source registered with @register_source or @register_dataset needs its module listed under plugins",
         )
+        if entry.meta.get("check") is not None:
+            entry.meta["check"](config)  # the source's own settings (e.g. image transforms), before any data is read
         _check_source_task(config, entry, lines, source)
     loss, task = config.loss.name, config.data.task
     if not is_import_path(loss):

@@ -66,12 +66,12 @@ class ExperimentConfig(Section):
 class DataConfig(Section):
     source: str = Field(
         "digits",
-        description="Data source: digits, wine, breast_cancer, iris, diabetes, csv, npz, synthetic, text (labelled texts), "
-        "corpus (text files for language modelling), "
+        description="Data source: digits, wine, breast_cancer, iris, diabetes, csv, npz, synthetic, imagefolder, image_csv, "
+        "text (labelled texts), corpus (text files for language modelling), "
         "or an import path 'module:Class' of a user dataset.",
     )
-    path: str | None = Field(None, description="Input file for csv/npz sources.")
-    target: str | None = Field(None, description="Target column (csv) or array name (npz, default 'y').")
+    path: str | None = Field(None, description="Input file for csv/npz/image_csv sources, image folder for imagefolder.")
+    target: str | None = Field(None, description="Target column (csv, image_csv) or array name (npz, default 'y').")
     features: list[str] | None = Field(None, description="Feature columns (csv); default: all columns except the target.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a user dataset class or synthetic data.")
     task: Literal["auto", "classification", "regression", "language_modeling"] = Field(
@@ -81,7 +81,9 @@ class DataConfig(Section):
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for testing.")
     stratify: bool = Field(True, description="Stratify the split by class for classification data.")
     normalize: Literal["standard", "minmax", "global", "none"] = Field(
-        "standard", description="Normalisation fitted on the training split only: per-feature standard, minmax, global, or none."
+        "standard",
+        description="Normalisation fitted on the training split only: per-feature standard, minmax, global, or none "
+        "(images: per-channel statistics of a bounded sample).",
     )
     cache_dir: str = Field("data/prepared", description="Where prepared (split + normalised) arrays are cached.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -106,12 +108,57 @@ class DataConfig(Section):
     max_length: int = Field(512, ge=1, description="text: truncate tokenised samples (pairs together) to this many tokens.")
     pad_to_multiple_of: int | None = Field(None, ge=1, description="text: pad batches to a multiple of this (e.g. 8 for tensor cores).")
     block_size: int = Field(256, ge=1, description="corpus: tokens per language-modelling window.")
+    # Image sources (imagefolder, image_csv): see docs/data.md.
+    image_column: str = Field("path", description="image_csv: column of image paths (relative to the manifest's folder).")
+    image_size: int | list[int] | None = Field(
+        None, description="Images: height and width after resizing, an int or [h, w]; default: the size of the first image."
+    )
+    channels: Literal[1, 3] = Field(3, description="Images: 1 (grayscale) or 3 (RGB) channels after decoding.")
+    transforms: TransformsConfig = Field(
+        default_factory=lambda: TransformsConfig(), description="Images: torchvision.transforms.v2 pipelines per phase."
+    )
+    bad_samples: Literal["error", "skip"] = Field(
+        "error", description="Images: an unreadable or truncated file stops with its path (error) or is left out with a warning (skip)."
+    )
+    image_cache: Literal["none", "memmap", "auto"] = Field(
+        "none",
+        description="Images: keep resized uint8 pixels in a memory-mapped file so epochs need no decoding; "
+        "'auto' uses it when it fits memory_budget_mb.",
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: int | list[int] | None) -> int | list[int] | None:
+        sizes = [v] if isinstance(v, int) else (v or [])
+        if (isinstance(v, list) and len(v) != 2) or any(s < 1 for s in sizes):
+            raise ValueError("must be a positive int or [height, width]")
+        return v
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1")
         return self
+
+
+TransformItem = str | dict[str, dict[str, Any] | None]
+
+
+class TransformsConfig(Section):
+    train: list[TransformItem] = Field(
+        default_factory=list,
+        description="Training transforms: torchvision.transforms.v2 class names or one-key mappings {Name: {kwargs}}; "
+        "resize to image_size, float conversion and normalisation are added unless listed.",
+    )
+    eval: list[TransformItem] = Field(default_factory=list, description="Validation, test and predict transforms (same form).")
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _one_key(cls, items: list[TransformItem]) -> list[TransformItem]:
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and len(item) != 1:
+                raise ValueError(f"item {i} must be a name or a mapping with one key {{Name: {{kwargs}}}}, got {sorted(item)}")
+        return items
 
 
 class AugmentConfig(Section):
@@ -132,9 +179,37 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: str = Field("mlp", description="Registered model name (mlp, cnn, resnet, transformer, gpt) or import path 'module:Class'.")
+    name: str = Field(
+        "mlp",
+        description="Registered model name (mlp, cnn, resnet, transformer, gpt), a model from the ecosystem (torchvision:<name>, timm:<name>, "
+        "hf:<directory or cached id>) or an import path 'module:Class'. `taktstock models` lists them.",
+    )
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
+    )
+    # -- fine-tuning (models/weights.py, models/finetune.py) --
+    weights: str | None = Field(
+        None,
+        description="Initial weights: a .safetensors or .pt state dict, or a taktstock run directory (its best.safetensors); "
+        "loaded with weights_only, never downloaded.",
+    )
+    weights_strict: bool = Field(
+        True, description="Every weight must match the model; false loads what matches by name and shape and lists the rest."
+    )
+    pretrained: bool = Field(
+        False,
+        description="torchvision/timm: start from the architecture's pretrained weights, found only in the local cache "
+        "(TORCH_HOME, the Hugging Face cache); the head and a 1-channel first conv are adapted.",
+    )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns of parameter names to freeze (requires_grad=False); frozen normalisation layers stay in eval mode.",
+    )
+    unfreeze_at_epoch: int | None = Field(
+        None, ge=0, description="Unfreeze the model.freeze parameters from this epoch on (gradual unfreezing)."
+    )
+    hf_config: dict[str, Any] | None = Field(
+        None, description="hf:: build a randomly initialised model from this Hugging Face config (model_type plus its fields)."
     )
 
     @model_validator(mode="before")
@@ -143,8 +218,17 @@ class ModelConfig(BaseModel):
         return coerce_literals(cls, data)
 
     def params(self) -> dict[str, Any]:
-        """Constructor keyword arguments (everything except name and init)."""
+        """Constructor keyword arguments (everything except the fields above)."""
         return dict(self.model_extra or {})
+
+
+class ParamGroupConfig(Section):
+    params: str | list[str] = Field(..., description="Glob pattern(s) of parameter names in this group, e.g. 'head.*'.")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="Name in the logs (lr/<name>); default: the patterns without glob characters."
+    )
+    lr: float | None = Field(None, gt=0, description="Learning rate of the group (default optim.lr).")
+    weight_decay: float | None = Field(None, ge=0, description="Weight decay of the group (default optim.weight_decay).")
 
 
 class OptimConfig(BaseModel):
@@ -158,6 +242,20 @@ class OptimConfig(BaseModel):
         description="One fused kernel for all parameters. Default: on where torch has one for this optimizer and "
         "device (Adam, AdamW, SGD, Adagrad on CPU and CUDA), unless foreach/capturable/differentiable is set; "
         "false keeps torch's default implementation.",
+    )
+    # -- parameter groups (training/param_groups.py) --
+    param_groups: list[ParamGroupConfig] = Field(
+        default_factory=list,
+        description="Parameter groups {params: glob(s), lr, weight_decay, name}; first match wins, the rest form the default group.",
+    )
+    no_decay: list[str] | None = Field(
+        None, description="Glob patterns of parameters without weight decay; default: biases and normalisation weights; [] decays all."
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: layer k of L gets lr * layer_decay**(L-k) (ViT, ConvNeXt, BERT, timm models).",
     )
 
     def kwargs(self) -> dict[str, Any]:
@@ -187,6 +285,11 @@ class LossConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a custom loss.")
 
 
+class EmaConfig(Section):
+    decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per update: ema = decay * ema + (1 - decay) * weights.")
+    every_n_steps: int = Field(1, ge=1, description="Update the EMA every N optimizer steps.")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Number of epochs.")
     max_steps: int | None = Field(None, ge=1, description="Optional cap on optimizer steps (stops early when reached).")
@@ -206,6 +309,9 @@ class TrainConfig(Section):
     step_fn: str | None = Field(None, description="Import path 'module:function' of a custom training step (batch -> loss).")
     callbacks: list[str] = Field(default_factory=list, description="Import paths 'module:Class' of user callbacks.")
     channels_last: bool = Field(False, description="Use channels_last memory format for conv nets (on GPU).")
+    ema: EmaConfig | None = Field(
+        None, description="Exponential moving average of the weights: validated, checkpointed and exported as best.safetensors."
+    )
 
     @field_validator("device")
     @classmethod
@@ -365,4 +471,5 @@ class Config(Section):
         return "regression" if entry is not None and entry.meta["task"] == "regression" else "classification"
 
 
+TransformsConfig.model_rebuild()
 DataConfig.model_rebuild()

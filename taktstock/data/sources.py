@@ -268,4 +268,7 @@ def user_arrays(config: Config, obj: Any, produced: Any) -> RawData:
 
 
 # Built-in sources that prepare themselves (`@register_dataset`): registered when the registry loads this module.
+# The built-in prepared-dataset sources register here too, so one provider module lists every name
+# config validation accepts (the import is light: the image code loads when a source is prepared).
+import taktstock.data.images.source  # noqa: E402, F401
 from taktstock.data.text import prepared as _text_sources  # noqa: E402, F401
