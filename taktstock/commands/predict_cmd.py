@@ -15,7 +15,12 @@ def register(app: typer.Typer) -> None:
 
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
-    input: Annotated[Path, typer.Argument(help="Raw inputs: a CSV (columns matched by feature name) or an NPZ with array 'x'.")],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="Raw inputs: a CSV (columns matched by feature name), a Parquet/TSV table (table runs), or an NPZ with array 'x'."
+        ),
+    ],
     out: Annotated[Path | None, typer.Option(help="Write predictions to this CSV (default: print).")] = None,
     checkpoint: Annotated[str, typer.Option(help="Weights: best or last.")] = "best",
 ) -> None:

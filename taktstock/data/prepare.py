@@ -69,6 +69,7 @@ class PreparedData:
     feature_names: list[str]
     fingerprint: str
     path: Path
+    table: dict[str, Any] | None = None  # a table source's fitted encoding (data/tables.py), as JSON
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -88,7 +89,7 @@ class PreparedData:
             "num_outputs": self.num_outputs,
             "class_names": self.class_names,
             "feature_names": self.feature_names,
-        }
+        } | ({"table": self.table} if self.table is not None else {})
 
 
 def fingerprint(config: Config, source_fp: str) -> str:
@@ -125,7 +126,12 @@ def prepare(config: Config, verbose: bool = False) -> PreparedData:
         raw = load_source(config)
     if verbose:
         print(f"preparing {config.data.source} -> {path}")
+    table = None
+    if raw.encode is not None:  # a table: its encoding is fitted on the training rows only, so it follows the split
+        raw.x, table = raw.encode(_split_indices(config, raw.y)["train"])
+        raw.feature_names = table["outputs"]
     data = _build(config, raw.x, raw.y, raw.class_names, raw.feature_names, fp, path)
+    data.table = table
     _save(data)
     return data
 
@@ -201,5 +207,12 @@ def _load(path: Path, fp: str) -> PreparedData:
             raise ValueError("fingerprint mismatch")
         arrays = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
     return PreparedData(
-        arrays, Normalizer.from_dict(meta["normalizer"]), meta["num_outputs"], meta["class_names"], meta["feature_names"], fp, path
+        arrays,
+        Normalizer.from_dict(meta["normalizer"]),
+        meta["num_outputs"],
+        meta["class_names"],
+        meta["feature_names"],
+        fp,
+        path,
+        meta.get("table"),
     )

@@ -1,7 +1,8 @@
-"""`taktstock predict`: batch inference on a CSV or NPZ file with the run's stored preprocessing.
+"""`taktstock predict`: batch inference on a CSV, Parquet or NPZ file with the run's stored preprocessing.
 
 Inputs are raw feature rows (as in the training source); the normalisation fitted at training time is read
-from RUN_DIR/preprocessing.json and applied inside the model, never refitted on the new data.
+from RUN_DIR/preprocessing.json and applied inside the model, never refitted on the new data. For a run trained on
+a table (csv/parquet source), the rows are encoded first by the encoder rebuilt from preprocessing.json's "table".
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def read_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
     """Raw inputs as a float32 [rows, features] array."""
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
-    if path.suffix == ".npz":
+    if "table" in loaded.preprocessing:
+        x = _read_table_rows(path, loaded)
+    elif path.suffix == ".npz":
         x = _read_npz(path)
     elif path.suffix == ".csv":
         x = _read_csv(path, loaded)
@@ -31,6 +34,20 @@ def read_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
     if x.shape[1] != loaded.num_features:
         raise UserError(f"{path}: rows have {x.shape[1]} values, the model expects {loaded.num_features}")
     return x
+
+
+def _read_table_rows(path: Path, loaded: LoadedRun) -> np.ndarray:
+    """Raw table rows (target absent, gaps and unseen levels allowed) encoded exactly as in training."""
+    from taktstock.data.tables import TableEncoder, read_table, report_unknown
+
+    encoder = TableEncoder.from_state(loaded.preprocessing["table"])
+    table = read_table(path, error=UserError)
+    try:
+        encoded = encoder.transform(table)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    report_unknown(encoded.unknown, str(path))
+    return encoded.features
 
 
 def _read_npz(path: Path) -> np.ndarray:

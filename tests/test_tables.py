@@ -1,0 +1,269 @@
+"""Real tables (CSV, TSV, .csv.gz, Parquet): typed columns with gaps, an encoding fitted on the training split only
+and stored as JSON, the rebuilt encoder bit-identical to the fitted one, predict on raw rows, and exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import cli_env, run_cli, tiny_config, write_config
+
+from taktstock.config.loader import validate
+from taktstock.config.schema import Config
+from taktstock.data.prepare import _split_indices, prepare
+from taktstock.data.tables import TableEncoder, load_table, read_table
+from taktstock.errors import ConfigError, UserError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ONE_THREAD = cli_env(OMP_NUM_THREADS="1")
+CLASSES = ["barbera", "barolo", "grignolino"]
+
+
+def cli(workdir: Path, *args: str, name: str = "cli") -> tuple[int, str]:
+    """`taktstock ARGS` as a real process, forked from the pre-imported server of tests/resume_harness.py (seconds faster)."""
+    from resume_harness import shared_server
+
+    log = workdir / f"{name}.log"
+    rc = shared_server().run(list(args), workdir, log, env={"OMP_NUM_THREADS": "1"})
+    return rc, log.read_text()
+
+
+def make_config(**data: Any) -> Config:
+    return validate(tiny_config(data={"normalize": "none"} | data), {}, "test")
+
+
+def mixed_frame(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """Every column kind, with gaps: numeric, text levels (one rare), boolean, dates with times, an id, a target."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(40, 10, n).round(2)
+    age[rng.random(n) < 0.1] = np.nan
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "age": age,
+            "count": rng.integers(0, 9, n),
+            "island": pd.Series(rng.choice(["Biscoe", "Dream", "Torgersen", "Rare", None], n, p=[0.4, 0.3, 0.2, 0.02, 0.08]), dtype=object),
+            "member": pd.Series(rng.choice([True, False, None], n, p=[0.5, 0.4, 0.1]), dtype=object),
+            "seen": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400 * 24, n), unit="h"),
+            "label": rng.choice(["a", "b"], n),
+        }
+    )
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_csv(path, index=False, sep="\t" if ".tsv" in path.name else ",")
+    return path
+
+
+def table_config(path: Path, **data: Any) -> Config:
+    source = "parquet" if path.suffix == ".parquet" else "csv"
+    return make_config(**{"source": source, "path": str(path), "target": "label", "drop": ["id"], "cache_dir": f"cache-{path.name}"} | data)
+
+
+def test_mixed_types_with_gaps_are_typed_and_encoded(workdir: Path) -> None:
+    data = prepare(table_config(write_table(mixed_frame(), workdir / "t.csv"), min_frequency=10))
+    kinds = dict(data.table["columns"])
+    assert kinds == {"age": "numeric", "count": "numeric", "island": "categorical", "member": "boolean", "seen": "datetime"}
+    assert data.table["datetime_parts"] == {"seen": ["year", "month", "dayofweek", "hour"]}
+    assert data.table["numeric"]["indicators"] == ["age", "member"]  # only columns with gaps in training
+    names = data.feature_names
+    assert names[:6] == ["age", "count", "member", "seen.year", "seen.month", "seen.dayofweek"]
+    # Missing is a level of its own; 'Rare' (< 10 training rows) merged into the rare level.
+    assert names[-5:] == ["island_Biscoe", "island_Dream", "island_Torgersen", "island_None", "island_infrequent_sklearn"]
+    x = np.concatenate([data.split(s)[0] for s in ("train", "val", "test")])
+    assert x.dtype == np.float32 and np.isfinite(x).all() and x.shape[1] == len(names)
+    onehot = x[:, -5:]
+    assert np.array_equal(onehot.sum(1), np.ones(len(x), np.float32))  # every row: exactly one level (none unseen here)
+    assert set(np.unique(x[:, names.index("member")])) <= {0.0, 1.0}
+
+
+def test_encoding_is_fitted_on_the_training_split_only(workdir: Path) -> None:
+    frame = mixed_frame()
+    config = table_config(workdir / "t.csv")
+    y = np.array([0 if v == "a" else 1 for v in frame["label"]])
+    parts = _split_indices(config, y)  # the split depends on the targets and the seed only
+    frame.loc[parts["test"], "age"] = 1000.0  # would move a median fitted on all rows
+    frame.loc[parts["test"][:3], "island"] = "OnlyInTest"
+    write_table(frame, workdir / "t.csv")
+    data = prepare(config)
+    fill = dict(zip(data.table["numeric"]["columns"], data.table["numeric"]["fill"], strict=True))
+    assert fill["age"] == float(np.nanmedian(frame.loc[parts["train"], "age"]))
+    assert fill["age"] != float(np.nanmedian(frame["age"]))
+    island = data.table["categorical"]["levels"][0]
+    assert "OnlyInTest" not in island
+    # Its test rows are "unknown": all zeros in the one-hot block.
+    test_x = data.split("test")[0]
+    assert (test_x[:, [i for i, n in enumerate(data.feature_names) if n.startswith("island_")]].sum(1) == 0).sum() == 3
+
+
+@pytest.mark.parametrize("encoding", ["onehot", "index"])
+def test_rebuilt_encoder_from_json_is_bit_identical_including_unseen_and_missing(workdir: Path, encoding: str) -> None:
+    config = table_config(write_table(mixed_frame(), workdir / "t.csv"), min_frequency=10, categorical_encoding=encoding)
+    loaded = load_table(config)
+    train = loaded.table.take(_split_indices(config, loaded.y)["train"])
+    fitted = TableEncoder.fit(train, loaded.kinds, config)
+    state = json.loads(json.dumps(fitted.state()))  # through text, as preprocessing.json stores it
+    rebuilt = TableEncoder.from_state(state)
+    new = mixed_frame(30, seed=5).drop(columns=["id", "label"])
+    new.loc[0, "island"] = "Atlantis"  # unseen in training
+    new.loc[1, ["age", "member", "seen"]] = [np.nan, None, pd.NaT]
+    rows = read_table(write_table(new, workdir / "new.parquet"))
+    for table in (loaded.table, rows):
+        a, b = fitted.transform(table), rebuilt.transform(table)
+        assert a.features.tobytes() == b.features.tobytes() and a.categories.tobytes() == b.categories.tobytes()
+        assert a.unknown == b.unknown
+    got = rebuilt.transform(rows)
+    assert got.unknown == {"island": 1}
+    if encoding == "index":
+        assert got.features.shape[1] == len(rebuilt.output_names()) and got.categories.dtype == np.int64
+        assert got.categories[0, 0] == 0  # unknown is index 0
+        # Biscoe, Dream, Torgersen, None, rare + unknown.
+        assert rebuilt.cardinalities() == [6] and got.categories.max() < 6
+    else:
+        assert got.categories.shape == (30, 0)
+        assert np.isfinite(got.features).all()
+    state["categorical"]["rare"] = [["Nowhere"]]  # a state no fit can produce is refused, not half-applied
+    with pytest.raises(UserError, match="cannot be rebuilt exactly"):
+        TableEncoder.from_state(state)
+
+
+def test_csv_tsv_gzip_and_parquet_of_one_table_prepare_identically(workdir: Path) -> None:
+    frame = mixed_frame()
+    prepared = [prepare(table_config(write_table(frame, workdir / name))) for name in ("t.csv", "t.tsv", "t.csv.gz", "t.parquet")]
+    first = prepared[0]
+    for other in prepared[1:]:
+        assert other.table == first.table and other.class_names == first.class_names
+        for split in ("train", "val", "test"):
+            for a, b in zip(first.split(split), other.split(split), strict=True):
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_rows_with_a_missing_target_are_dropped_and_counted(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = mixed_frame()
+    frame.loc[[3, 10, 77], "label"] = None
+    data = prepare(table_config(write_table(frame, workdir / "t.csv")))
+    assert sum(len(data.split(s)[1]) for s in ("train", "val", "test")) == len(frame) - 3
+    assert "dropped 3 of 240 rows of" in capsys.readouterr().err
+
+
+def test_table_mistakes_are_config_errors_naming_the_column(workdir: Path) -> None:
+    frame = mixed_frame()
+    path = write_table(frame, workdir / "t.csv")
+    with pytest.raises(ConfigError, match=r"data.target: column 'species' not in .*t.csv \(columns: id, age"):
+        prepare(make_config(source="csv", path=str(path), target="species"))
+    with pytest.raises(ConfigError, match=r"data.max_categories: column 'id' has 240 levels"):
+        prepare(make_config(source="csv", path=str(path), target="label"))
+    with pytest.raises(ConfigError, match=r"data.drop: column\(s\) idx not in"):
+        prepare(table_config(path, drop=["idx"]))
+    with pytest.raises(ConfigError, match=r"column 'island': values that are not numbers"):
+        prepare(table_config(path, numeric=["island"]))
+    frame["empty"] = np.nan
+    write_table(frame, workdir / "gap.csv")
+    with pytest.raises(ConfigError, match=r"data.features: column 'empty' has no values in the training rows"):
+        prepare(table_config(workdir / "gap.csv"))
+    # Forced categorical: integer codes become levels.
+    data = prepare(table_config(path, categorical=["count"]))
+    assert dict(data.table["columns"])["count"] == "categorical" and "count_0" in data.feature_names
+
+
+def test_a_table_config_error_exits_2_through_the_cli_naming_the_column(workdir: Path) -> None:
+    frame = mixed_frame()
+    frame["notes"] = None
+    write_table(frame, workdir / "t.csv")
+    cfg = write_config(workdir / "bad.yaml", tiny_config(data={"source": "csv", "path": "t.csv", "target": "label", "drop": ["id"]}))
+    rc, output = cli(workdir, "prepare", str(cfg))
+    assert rc == 2 and "error: data.features: column 'notes' has no values in the training rows" in output
+    assert "Traceback" not in output
+
+
+def wine_frame(seed: int = 0) -> pd.DataFrame:
+    """scikit-learn's wine table with alcohol binned into text levels, some cells blanked, and named classes."""
+    import sklearn.datasets
+
+    bunch = sklearn.datasets.load_wine(as_frame=True)
+    frame = bunch.data.copy()
+    frame["alcohol"] = pd.cut(frame["alcohol"], bins=[0, 12.4, 13.4, 99], labels=["low", "mid", "high"]).astype(object)
+    rng = np.random.default_rng(seed)
+    for column in ("alcohol", "malic_acid", "color_intensity", "proline"):
+        frame.loc[rng.random(len(frame)) < 0.08, column] = None
+    frame["cultivar"] = [["barolo", "grignolino", "barbera"][t] for t in bunch.target]
+    return frame
+
+
+def wine_experiment(**train: Any) -> dict[str, Any]:
+    return tiny_config(
+        experiment={"name": "wine"},
+        data={"source": "csv", "path": "wine.csv", "target": "cultivar"},
+        model={"name": "mlp", "hidden": [32]},
+        optim={"name": "adamw", "lr": 0.01},
+        train={"epochs": 15, "batch_size": 32, "log_every_n_steps": 2} | train,
+        logging={"tensorboard": False, "plots": False, "progress": "off"},
+    )
+
+
+def test_wine_table_trains_evaluates_and_predicts_raw_rows_through_the_cli(workdir: Path) -> None:
+    frame = wine_frame()
+    write_table(frame, workdir / "wine.csv")
+    cfg = write_config(workdir / "wine.yaml", wine_experiment())
+    assert cli(workdir, "train", str(cfg), "--run-dir", "run", name="train")[0] == 0
+    assert cli(workdir, "evaluate", "run", name="evaluate")[0] == 0
+    test_acc = json.loads((workdir / "run/eval/metrics.json").read_text())["metrics"]["test/acc"]
+    assert test_acc >= 0.85
+    prep = json.loads((workdir / "run/preprocessing.json").read_text())
+    assert prep["table"]["categorical"]["columns"] == ["alcohol"] and "missingindicator_proline" in prep["feature_names"]
+
+    # The raw test rows (target column removed), plus one with an unseen level and a gap, as a user would send them.
+    config = validate(wine_experiment(), {}, "wine")
+    test_rows = _split_indices(config, load_table(config).y)["test"]
+    rows = frame.iloc[test_rows].drop(columns=["cultivar"]).reset_index(drop=True)
+    extra = rows.iloc[[0]].copy()
+    extra["alcohol"], extra["proline"] = "very high", np.nan
+    write_table(pd.concat([rows, extra], ignore_index=True), workdir / "rows.parquet")
+    proc = run_cli("predict", "run", "rows.parquet", "--out", "preds.csv", cwd=workdir, env=ONE_THREAD, check=True)  # a plain subprocess
+    assert "column 'alcohol': 1 row(s) with a level unseen in training, encoded as unknown" in proc.stderr
+    with (workdir / "preds.csv").open() as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == len(rows) + 1 and list(got[0]) == ["prediction", *(f"prob_{c}" for c in CLASSES)]
+    truth = frame["cultivar"].iloc[test_rows].tolist()
+    hits = sum(r["prediction"] == t for r, t in zip(got, truth, strict=False))
+    assert hits / len(truth) == pytest.approx(test_acc, abs=1e-6)  # the same rows, the same model: evaluate's accuracy
+
+    # The same probabilities as the trained model on the prepared test split.
+    import torch
+
+    from taktstock.evaluation.evaluate import load_trained_model
+    from taktstock.run_dir import RunDir
+
+    _, data, model = load_trained_model(RunDir(workdir / "run"))
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(data.split("test")[0])), dim=-1)
+    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in got[:-1]])
+    assert torch.allclose(probs, expected, atol=1e-6)
+
+
+def test_sigkill_and_resume_on_a_table_with_categoricals_is_bit_identical(workdir: Path) -> None:
+    from resume_harness import count_lines, kill_and_resume, shared_server
+
+    write_table(wine_frame(), workdir / "wine.csv")
+    config = wine_experiment(epochs=6, log_every_n_steps=1)
+    config["checkpoint"] = {"every_n_steps": 3}
+    config["model"]["dropout"] = 0.2
+    cfg = write_config(workdir / "wine.yaml", config)
+    server = shared_server()
+    assert server.run(["train", str(cfg), "--run-dir", str(workdir / "ref")], workdir, workdir / "ref.log") == 0
+    ref = workdir / "ref"
+    stats = kill_and_resume(
+        server, workdir, cfg, workdir / "killed", kills=3, rng=random.Random(5), total_lines=count_lines(ref / "metrics.jsonl")
+    )
+    assert stats.kills == 3, stats.points
+    for name in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
+        assert (workdir / "killed" / name).read_bytes() == (ref / name).read_bytes(), name
