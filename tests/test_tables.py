@@ -267,3 +267,72 @@ def test_sigkill_and_resume_on_a_table_with_categoricals_is_bit_identical(workdi
     assert stats.kills == 3, stats.points
     for name in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
         assert (workdir / "killed" / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def test_index_encoding_gives_memory_mapped_dict_samples_identical_on_every_batch_path(workdir: Path) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from taktstock.data.loaders import EpochBatchSampler
+    from taktstock.data.table_dataset import prepare_index_table
+
+    config = table_config(
+        write_table(mixed_frame(), workdir / "t.csv"), min_frequency=10, categorical_encoding="index", normalize="standard"
+    )
+    data = prepare_index_table(config)
+    assert prepare_index_table(config).directory == data.directory  # a cache hit
+    spec = data.spec()
+    assert spec["categorical"] == {"shape": [1], "dtype": "int64", "cardinalities": [6]}
+    train = data.split("train")
+    assert len(train) == 168 and data.num_outputs == 2 and data.class_names == ["a", "b"]
+    assert isinstance(train.arrays()["numeric"], np.memmap)
+    sample = train[(3, 5)]
+    assert sample["numeric"].dtype == torch.float32 and sample["numeric"].shape == tuple(spec["numeric"]["shape"])
+    assert sample["categorical"].dtype == torch.int64 and sample["labels"].dtype == torch.int64
+    assert torch.equal(train[5]["numeric"], sample["numeric"])  # no random transforms: the epoch changes nothing
+    # The normalisation was fitted on the training split: its numeric columns have mean 0 there.
+    numeric = train.arrays()["numeric"]
+    assert np.abs(np.asarray(numeric, np.float64).mean(0)).max() < 1e-4
+    sampler = EpochBatchSampler(len(train), 32, seed=1)
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=train.collate, num_workers=2, multiprocessing_context="fork")
+    for keys, batch in zip(sampler, loader, strict=True):
+        fast = train.get_batch(np.array([i for _, i in keys]), epoch=0)
+        assert fast.keys() == batch.keys() and all(torch.equal(fast[k], batch[k]) for k in fast)
+
+
+def test_tabular_model_embeds_categorical_indices_and_learns_the_wine_table(workdir: Path) -> None:
+    import torch
+
+    from taktstock.data.table_dataset import prepare_index_table
+    from taktstock.models.registry import build_model
+
+    write_table(wine_frame(), workdir / "wine.csv")
+    config = validate(
+        wine_experiment() | {"data": {"source": "csv", "path": "wine.csv", "target": "cultivar", "categorical_encoding": "index"}}, {}, "w"
+    )
+    data = prepare_index_table(config)
+    spec = data.spec()
+    cards = spec["categorical"]["cardinalities"]
+    assert cards == [5]  # unknown, high, low, mid, missing
+    torch.manual_seed(0)
+    model = build_model("tabular", {"hidden": [32], "embedding_dim": 3}, tuple(spec["numeric"]["shape"]), data.num_outputs, cards)
+    assert [tuple(e.weight.shape) for e in model.embeddings] == [(5, 3)]
+    # A hand-made batch: the unknown index 0 and the last level are valid inputs.
+    hand = {"numeric": torch.zeros(2, spec["numeric"]["shape"][0]), "categorical": torch.tensor([[0], [4]])}
+    assert model(**hand).shape == (2, 3)
+    train = data.split("train")
+    batch = train.get_batch(np.arange(len(train)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(60):  # the default step's call convention for dict batches
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"})
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test = data.split("test").get_batch(np.arange(len(data.split("test"))))
+    with torch.no_grad():
+        acc = (model(numeric=test["numeric"], categorical=test["categorical"]).argmax(1) == test["labels"]).float().mean()
+    assert acc >= 0.85
+    for bad in ({"dropout": 1.5}, {"embedding_dim": 0}, {"hidden": [0]}):
+        with pytest.raises(ConfigError, match="model: cannot build tabular"):
+            build_model("tabular", bad, (4,), 3, [3])

@@ -13,8 +13,9 @@ from taktstock.utils.imports import import_object, is_import_path
 
 _MODELS: dict[str, type[nn.Module]] = {}
 
-# Arguments the trainer supplies from the data, never from the config.
-INJECTED_ARGS = ("input_shape", "num_outputs")
+# Arguments the trainer supplies from the data, never from the config (cardinalities: embedding sizes of a
+# table's categorical columns, for model.name=tabular).
+INJECTED_ARGS = ("input_shape", "num_outputs", "cardinalities")
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -29,7 +30,7 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 def _load_builtins() -> None:
     # Imported for their @register_model side effect.
-    from taktstock.models import cnn, mlp, resnet  # noqa: F401
+    from taktstock.models import cnn, mlp, resnet, tabular  # noqa: F401
 
 
 def available_models() -> list[str]:
@@ -61,11 +62,15 @@ def constructor_params(cls: type) -> dict[str, inspect.Parameter]:
     }
 
 
-def build_model(name: str, params: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+def build_model(
+    name: str, params: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int, cardinalities: list[int] | None = None
+) -> nn.Module:
     """Instantiate a model, passing the data-derived shape arguments the class accepts."""
     cls = get_model_class(name)
     sig = inspect.signature(cls.__init__).parameters
-    injected = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
+    injected: dict[str, Any] = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
+    if cardinalities is not None:
+        injected["cardinalities"] = list(cardinalities)
     kwargs = {k: v for k, v in injected.items() if k in sig}
     kwargs.update(params)
     try:
