@@ -105,7 +105,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: str = Field("mlp", description="Registered model name (mlp, cnn, resnet) or import path 'module:Class'.")
+    name: str = Field("mlp", description="Registered model name (mlp, cnn, resnet, tabular) or import path 'module:Class'.")
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
     )
