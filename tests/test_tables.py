@@ -109,8 +109,7 @@ def test_encoding_is_fitted_on_the_training_split_only(workdir: Path) -> None:
 def test_rebuilt_encoder_from_json_is_bit_identical_including_unseen_and_missing(workdir: Path, encoding: str) -> None:
     config = table_config(write_table(mixed_frame(), workdir / "t.csv"), min_frequency=10, categorical_encoding=encoding)
     loaded = load_table(config)
-    train = loaded.table.take(_split_indices(config, loaded.y)["train"])
-    fitted = TableEncoder.fit(train, loaded.kinds, config)
+    fitted = TableEncoder.fit(loaded.table, loaded.kinds, config, _split_indices(config, loaded.y)["train"])
     state = json.loads(json.dumps(fitted.state()))  # through text, as preprocessing.json stores it
     rebuilt = TableEncoder.from_state(state)
     new = mixed_frame(30, seed=5).drop(columns=["id", "label"])

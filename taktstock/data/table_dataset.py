@@ -89,8 +89,6 @@ class PreparedTable:
 
 def prepare_index_table(config: Config) -> PreparedTable:
     """Prepare (or reopen from the cache) a csv/parquet source with `data.categorical_encoding: index`."""
-    import pyarrow as pa
-
     from taktstock.data.tables import TableEncoder, load_table, report_unknown, table_fingerprint
 
     if config.data.categorical_encoding != "index":
@@ -101,7 +99,7 @@ def prepare_index_table(config: Config) -> PreparedTable:
         return _open(directory, fp)
     loaded = load_table(config)
     parts = _split_indices(config, loaded.y)
-    encoder = TableEncoder.fit(loaded.table.take(pa.array(parts["train"])), loaded.kinds, config)
+    encoder = TableEncoder.fit(loaded.table, loaded.kinds, config, parts["train"])
     encoded = encoder.transform(loaded.table, ConfigError)
     report_unknown(encoded.unknown, "val/test rows")
     norm = Normalizer.fit(encoded.features[parts["train"]], config.data.normalize)

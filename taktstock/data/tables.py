@@ -174,11 +174,15 @@ class TableEncoder:
         self.transformer = transformer
 
     @classmethod
-    def fit(cls, table: pa.Table, kinds: dict[str, str], config: Config) -> TableEncoder:
-        """Fit on `table` (the training rows); raises `ConfigError` naming an all-missing or id-like column."""
+    def fit(cls, table: pa.Table, kinds: dict[str, str], config: Config, rows: np.ndarray | None = None) -> TableEncoder:
+        """Fit on the training `rows` of `table` (default: all); raises `ConfigError` naming an all-missing column."""
+        import pyarrow as pa
+
         d = config.data
-        dates = {c: _date_parts(table.column(c)) for c, k in kinds.items() if k == "datetime"}
-        frame = _frame(table, kinds, dates, ConfigError)
+        train = table if rows is None else table.take(pa.array(rows))
+        dates = {c: _date_parts(train.column(c)) for c, k in kinds.items() if k == "datetime"}
+        frame = _frame(train, kinds, dates, ConfigError)
+        del train  # the copy of the training rows: the frame holds what the fit needs
         for c in frame.columns:
             if frame[c].isna().all():
                 source = c.rpartition(".")[0] if c not in kinds else c
@@ -218,6 +222,7 @@ class TableEncoder:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # unknown levels: counted above, reported by the caller
                 out = self.transformer.transform(frame)
+            out = out.toarray() if hasattr(out, "toarray") else out
             if self.encoding == "index":
                 features[start:stop] = out[:, slices["numeric"]] if numeric else out[:, :0]
                 # OrdinalEncoder gives 0..K-1 and -1 for unknown: shift so that index 0 is "unknown".
@@ -321,13 +326,15 @@ def _column_transformer(
         # A missing value seen in training is a level of its own; an unseen level is "unknown"
         # (all zeros one-hot, index 0 after the shift in transform); levels rarer than min_frequency merge into one.
         if encoding == "onehot":
-            encoder: Any = OneHotEncoder(handle_unknown="ignore", min_frequency=min_frequency, sparse_output=False, dtype=np.float32)
+            encoder: Any = OneHotEncoder(handle_unknown="ignore", min_frequency=min_frequency, dtype=np.float32)
         else:
             encoder = OrdinalEncoder(
                 handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1, min_frequency=min_frequency
             )
         parts.append(("categorical", encoder, categorical))
-    return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0, verbose_feature_names_out=False)
+    # Sparse output: ColumnTransformer.fit also encodes the whole training frame and discards the result, which as a
+    # dense float64 matrix would be the largest allocation of a big table's preparation. transform densifies per chunk.
+    return ColumnTransformer(parts, remainder="drop", sparse_threshold=1.0, verbose_feature_names_out=False)
 
 
 def _columns(transformer: ColumnTransformer, name: str) -> list[str]:
@@ -387,7 +394,7 @@ def table_fingerprint(config: Config) -> str:
 class LoadedTable:
     """The feature table (rows with a target), its column kinds, and the targets as model labels."""
 
-    table: pa.Table
+    table: pa.Table | None  # None once encoded (see table_encoder_fn)
     kinds: dict[str, str]
     y: np.ndarray
     class_names: list[str]
@@ -452,8 +459,12 @@ def table_encoder_fn(loaded: LoadedTable, config: Config) -> Callable[[np.ndarra
     def encode(train_rows: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         import pyarrow as pa
 
-        encoder = TableEncoder.fit(loaded.table.take(pa.array(train_rows)), loaded.kinds, config)
-        encoded = encoder.transform(loaded.table, ConfigError)
+        # One use only: the table is released once encoded, making room for prepare's normalisation.
+        table, loaded.table = loaded.table, None
+        encoder = TableEncoder.fit(table, loaded.kinds, config, train_rows)
+        encoded = encoder.transform(table, ConfigError)
+        del table
+        pa.default_memory_pool().release_unused()
         report_unknown(encoded.unknown, "val/test rows")
         return encoded.features, encoder.state()
 
