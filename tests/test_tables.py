@@ -17,7 +17,7 @@ from conftest import cli_env, run_cli, tiny_config, write_config
 from taktstock.config.loader import validate
 from taktstock.config.schema import Config
 from taktstock.data.prepare import _split_indices, prepare
-from taktstock.data.tables import TableEncoder, load_table, read_table
+from taktstock.data.tables import TableEncoder, _column_transformer, _frame, load_table, read_table
 from taktstock.errors import ConfigError, UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,9 +109,16 @@ def test_encoding_is_fitted_on_the_training_split_only(workdir: Path) -> None:
 def test_rebuilt_encoder_from_json_is_bit_identical_including_unseen_and_missing(workdir: Path, encoding: str) -> None:
     config = table_config(write_table(mixed_frame(), workdir / "t.csv"), min_frequency=10, categorical_encoding=encoding)
     loaded = load_table(config)
-    fitted = TableEncoder.fit(loaded.table, loaded.kinds, config, _split_indices(config, loaded.y)["train"])
-    state = json.loads(json.dumps(fitted.state()))  # through text, as preprocessing.json stores it
+    train_rows = _split_indices(config, loaded.y)["train"]
+    encoder = TableEncoder.fit(loaded.table, loaded.kinds, config, train_rows)
+    state = json.loads(json.dumps(encoder.state()))  # through text, as preprocessing.json stores it
     rebuilt = TableEncoder.from_state(state)
+    # The reference: scikit-learn's ColumnTransformer fitted directly on the training rows.
+    frame = _frame(loaded.table.take(train_rows), loaded.kinds, encoder.dates, ConfigError)
+    categorical = [c for c, k in loaded.kinds.items() if k == "categorical"]
+    direct = _column_transformer([c for c in frame.columns if c not in categorical], categorical, encoding, "median", 10).fit(frame)
+    fitted = TableEncoder(loaded.kinds, encoder.dates, encoding, direct)
+    assert fitted.state() == state
     new = mixed_frame(30, seed=5).drop(columns=["id", "label"])
     new.loc[0, "island"] = "Atlantis"  # unseen in training
     new.loc[1, ["age", "member", "seen"]] = [np.nan, None, pd.NaT]

@@ -190,14 +190,19 @@ class TableEncoder:
         categorical = [c for c, k in kinds.items() if k == "categorical"]
         numeric = [c for c in frame.columns if c not in categorical]
         transformer = _column_transformer(numeric, categorical, d.categorical_encoding, d.numeric_impute, d.min_frequency)
-        transformer.fit(frame)
-        encoder = cls(kinds, dates, d.categorical_encoding, transformer)
-        for c, rare in zip(categorical, encoder.state()["categorical"]["rare"], strict=True):
-            if rare is not None and set(rare) == set(_levels(transformer, c)):
+        # Each part is fitted on its own columns: ColumnTransformer.fit would also encode the whole training frame,
+        # only to discard it (on a large table the biggest allocation of the whole preparation). The transformer
+        # used from here on is the one rebuilt from the fitted state, the same construction as at predict time.
+        parts = {name: part.fit(frame[cols]) for name, part, cols in transformer.transformers}
+        del frame
+        num, cat, names = _parts_state(numeric, parts.get("numeric"), categorical, parts.get("categorical"))
+        for c, levels, rare in zip(categorical, cat["levels"], cat["rare"], strict=True):
+            if rare is not None and set(rare) == set(levels):
                 raise ConfigError(
                     f"data.min_frequency: every level of column '{c}' is rarer than {d.min_frequency}; lower it or list '{c}' in data.drop"
                 )
-        return encoder
+        state = _state(d.categorical_encoding, kinds, dates, num, cat, names)
+        return cls.from_state(state, ConfigError)
 
     def transform(self, table: pa.Table, error: type[UserError] = UserError) -> EncodedTable:
         """Encode rows (any row count, chunk by chunk); unseen levels become "unknown" and are counted."""
@@ -222,7 +227,6 @@ class TableEncoder:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # unknown levels: counted above, reported by the caller
                 out = self.transformer.transform(frame)
-            out = out.toarray() if hasattr(out, "toarray") else out
             if self.encoding == "index":
                 features[start:stop] = out[:, slices["numeric"]] if numeric else out[:, :0]
                 # OrdinalEncoder gives 0..K-1 and -1 for unknown: shift so that index 0 is "unknown".
@@ -252,28 +256,9 @@ class TableEncoder:
     def state(self) -> dict[str, Any]:
         """The fitted state as JSON-serialisable data (what preprocessing.json stores under "table")."""
         t = self.transformer
-        numeric, categorical = _columns(t, "numeric"), _columns(t, "categorical")
-        num: dict[str, Any] = {"columns": numeric, "fill": [], "indicators": []}
-        if numeric:
-            imputer = t.named_transformers_["numeric"]
-            num["fill"] = [float(v) for v in imputer.statistics_]
-            if imputer.indicator_ is not None:
-                num["indicators"] = [numeric[i] for i in imputer.indicator_.features_]
-        cat: dict[str, Any] = {"columns": categorical, "levels": [], "rare": []}
-        if categorical:
-            enc = t.named_transformers_["categorical"]
-            cat["levels"] = [_json_levels(c) for c in enc.categories_]
-            rare = getattr(enc, "infrequent_categories_", None) or [None] * len(categorical)
-            cat["rare"] = [None if r is None else _json_levels(r) for r in rare]
-        return {
-            "version": STATE_VERSION,
-            "encoding": self.encoding,
-            "columns": [[c, k] for c, k in self.kinds.items()],
-            "datetime_parts": self.dates,
-            "numeric": num,
-            "categorical": cat,
-            "outputs": self.output_names(),
-        }
+        parts = t.named_transformers_
+        num, cat, names = _parts_state(_columns(t, "numeric"), parts.get("numeric"), _columns(t, "categorical"), parts.get("categorical"))
+        return _state(self.encoding, self.kinds, self.dates, num, cat, names)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], error: type[UserError] = UserError) -> TableEncoder:
@@ -311,6 +296,41 @@ class TableEncoder:
         return encoder
 
 
+def _parts_state(
+    numeric: list[str], imputer: Any, categorical: list[str], encoder: Any
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(numeric state, categorical state, output column names) of a fitted SimpleImputer and encoder."""
+    num: dict[str, Any] = {"columns": numeric, "fill": [], "indicators": []}
+    cat: dict[str, Any] = {"columns": categorical, "levels": [], "rare": []}
+    names: list[str] = []
+    if numeric:
+        num["fill"] = [float(v) for v in imputer.statistics_]
+        if imputer.indicator_ is not None:
+            num["indicators"] = [numeric[i] for i in imputer.indicator_.features_]
+        names += [str(n) for n in imputer.get_feature_names_out()]
+    if categorical:
+        cat["levels"] = [_json_levels(c) for c in encoder.categories_]
+        rare = getattr(encoder, "infrequent_categories_", None) or [None] * len(categorical)
+        cat["rare"] = [None if r is None else _json_levels(r) for r in rare]
+        names += [str(n) for n in encoder.get_feature_names_out()]
+    return num, cat, names
+
+
+def _state(
+    encoding: str, kinds: dict[str, str], dates: dict[str, list[str]], num: dict[str, Any], cat: dict[str, Any], names: list[str]
+) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "encoding": encoding,
+        "columns": [[c, k] for c, k in kinds.items()],
+        "datetime_parts": dates,
+        "numeric": num,
+        "categorical": cat,
+        # The float feature columns: index encoding keeps the categorical columns out of them (as level indices).
+        "outputs": names[: len(names) - len(cat["columns"])] if encoding == "index" else names,
+    }
+
+
 def _column_transformer(
     numeric: list[str], categorical: list[str], encoding: str, impute: str, min_frequency: int | float | None
 ) -> ColumnTransformer:
@@ -326,15 +346,13 @@ def _column_transformer(
         # A missing value seen in training is a level of its own; an unseen level is "unknown"
         # (all zeros one-hot, index 0 after the shift in transform); levels rarer than min_frequency merge into one.
         if encoding == "onehot":
-            encoder: Any = OneHotEncoder(handle_unknown="ignore", min_frequency=min_frequency, dtype=np.float32)
+            encoder: Any = OneHotEncoder(handle_unknown="ignore", min_frequency=min_frequency, sparse_output=False, dtype=np.float32)
         else:
             encoder = OrdinalEncoder(
                 handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1, min_frequency=min_frequency
             )
         parts.append(("categorical", encoder, categorical))
-    # Sparse output: ColumnTransformer.fit also encodes the whole training frame and discards the result, which as a
-    # dense float64 matrix would be the largest allocation of a big table's preparation. transform densifies per chunk.
-    return ColumnTransformer(parts, remainder="drop", sparse_threshold=1.0, verbose_feature_names_out=False)
+    return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0, verbose_feature_names_out=False)
 
 
 def _columns(transformer: ColumnTransformer, name: str) -> list[str]:
