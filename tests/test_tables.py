@@ -30,7 +30,7 @@ def cli(workdir: Path, *args: str, name: str = "cli") -> tuple[int, str]:
     from resume_harness import shared_server
 
     log = workdir / f"{name}.log"
-    rc = shared_server().run(list(args), workdir, log, env={"OMP_NUM_THREADS": "1"})
+    rc = shared_server().run(list(args), workdir, log, env={"OMP_NUM_THREADS": "1"}, timeout=300)
     return rc, log.read_text()
 
 
@@ -254,6 +254,16 @@ def test_wine_table_trains_evaluates_and_predicts_raw_rows_through_the_cli(workd
         expected = torch.softmax(model(torch.from_numpy(data.split("test")[0])), dim=-1)
     probs = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in got[:-1]])
     assert torch.allclose(probs, expected, atol=1e-6)
+
+    # An exported ONNX graph takes the encoded (not yet normalised) matrix; the encoding lives in preprocessing.json.
+    import onnxruntime as ort
+
+    assert cli(workdir, "export", "run", "--format", "onnx", "--out", "m.onnx", name="export")[0] == 0
+    encoded = TableEncoder.from_state(prep["table"]).transform(read_table(workdir / "rows.parquet")).features
+    session = ort.InferenceSession(str(workdir / "m.onnx"), providers=["CPUExecutionProvider"])
+    onnx_probs = torch.from_numpy(session.run(["y"], {"x": encoded})[0])
+    all_probs = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in got])
+    assert encoded.shape[1] == len(prep["feature_names"]) and torch.allclose(onnx_probs, all_probs, atol=1e-5)
 
 
 def test_sigkill_and_resume_on_a_table_with_categoricals_is_bit_identical(workdir: Path) -> None:
