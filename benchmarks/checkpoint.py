@@ -25,7 +25,7 @@ def _resnet18(device: torch.device) -> nn.Module:
 
 
 def _state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """What Trainer.checkpoint_state holds (model, optimizer, RNGs, loop state); weights dominate."""
+    """What Checkpointer.state holds (model, optimizer, RNGs, loop state); weights dominate."""
     from taktstock.training.rng import capture_rng
     from taktstock.training.state import LoopState, Sums
 

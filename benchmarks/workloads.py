@@ -83,7 +83,8 @@ class Workload:
             from taktstock.config.loader import validate
             from taktstock.data.prepare import prepare
 
-            x, y = prepare(validate(self.config("never"), {}, "<benchmark>")).split("train")
+            train = prepare(validate(self.config("never"), {}, "<benchmark>")).split("train")
+            x, y = train.x, train.y
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, x=x, y=y)
@@ -101,7 +102,7 @@ class Workload:
 # -- taktstock ---------------------------------------------------------------------------------
 def taktstock_run(w: Workload, in_memory: str, tag: str, defaults: bool = False, fused: bool | None = None) -> tuple[float, int]:
     """Loop rows: no periodic checkpoints, timed from the first to the last optimizer step. `defaults`:
-    default checkpointing (each epoch end + every 500 steps), timed to the end of Trainer.fit. `fused`:
+    default checkpointing (checkpoint.every_n_minutes, the final save), timed to the end of Trainer.fit. `fused`:
     optim.fused (None: taktstock's default, the fused kernel where torch has one)."""
     from benchmarks.timing import MARKS
     from taktstock.config.loader import validate
@@ -111,7 +112,7 @@ def taktstock_run(w: Workload, in_memory: str, tag: str, defaults: bool = False,
     if fused is not None:
         raw["optim"]["fused"] = fused
     if not defaults:
-        raw["checkpoint"] = {"every_n_steps": None, "every_epoch": False, "save_best": False}
+        raw["checkpoint"] = {"every_n_minutes": None, "every_n_steps": None, "every_epoch": False, "save_best": False}
     config = validate(raw, {}, "<benchmark>")
     run_dir = w.workdir / "runs" / f"{w.name}-{tag}"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -16,6 +16,28 @@ app = typer.Typer(
 )
 
 
+def _conventional_help() -> None:
+    """Help text as CLI users read it: `--force` without `<bool>` (it takes no value), `RUN_DIR` not `{run_dir}`.
+
+    typer 0.29 prints a type label for every option, flags included, and braces around required
+    arguments in the usage line; both read as if a value or literal braces were expected.
+    """
+    from typer.core import TyperArgument, TyperOption
+
+    option_type = TyperOption.display_type_rich
+
+    def flag_without_type(self: TyperOption, ctx: typer.Context) -> str | None:  # type: ignore[name-defined]
+        return None if self.is_flag and not self.count else option_type(self, ctx)
+
+    def usage_name(self: TyperArgument) -> str:
+        name = (self.metavar or self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    TyperOption.display_type_rich = flag_without_type  # type: ignore[method-assign]
+    TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+
+
 def _register() -> None:
     from taktstock.commands import (
         config_cmd,
@@ -50,6 +72,7 @@ def _register() -> None:
 
 def main() -> None:
     """Entry point: user errors print one short message and exit with code 2."""
+    _conventional_help()
     _register()
     try:
         app()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taktstock.checkpoint.atomic import atomic_write_text
+from taktstock.utils.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def id_data(workdir: Path, **data: Any) -> Config:
 
 
 def ids_of(prepared: Any, split: str) -> np.ndarray:
-    return prepared.split(split)[0][:, 0].astype(np.int64)
+    return prepared.split(split).x[:, 0].astype(np.int64)
 
 
 def test_split_is_deterministic_for_a_seed_and_changes_with_it(workdir: Path) -> None:
@@ -55,10 +55,10 @@ def test_split_is_deterministic_for_a_seed_and_changes_with_it(workdir: Path) ->
     b = prepare(make_config(data={"cache_dir": "cache_b"}))  # a separate cache: computed again
     assert a.path != b.path and b.path.is_file()
     for split in ("train", "val", "test"):
-        assert np.array_equal(a.split(split)[0], b.split(split)[0])
-        assert np.array_equal(a.split(split)[1], b.split(split)[1])
+        assert np.array_equal(a.split(split).x, b.split(split).x)
+        assert np.array_equal(a.split(split).y, b.split(split).y)
     c = prepare(make_config(seed=2, data={"cache_dir": "cache_a"}))
-    assert not np.array_equal(a.split("val")[1], c.split("val")[1])
+    assert not np.array_equal(a.split("val").y, c.split("val").y)
 
 
 def test_splits_are_disjoint_complete_and_sized_by_the_fractions(workdir: Path) -> None:
@@ -69,20 +69,20 @@ def test_splits_are_disjoint_complete_and_sized_by_the_fractions(workdir: Path) 
     assert (len(train), len(val), len(test)) == (210, 60, 30)
     # Targets travel with their samples.
     y_all = np.load(workdir / "ids.npz")["y"]
-    assert np.array_equal(data.split("val")[1], y_all[val])
+    assert np.array_equal(data.split("val").y, y_all[val])
 
 
 def test_split_is_stratified_by_class(workdir: Path) -> None:
     data = prepare(id_data(workdir, val_fraction=0.2, test_fraction=0.2))
     y_all = np.load(workdir / "ids.npz")["y"]
     for split, fraction in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
-        counts = np.bincount(data.split(split)[1], minlength=3)
+        counts = np.bincount(data.split(split).y, minlength=3)
         expected = fraction * np.bincount(y_all, minlength=3)
         assert np.all(np.abs(counts - expected) <= 1.5), (split, counts, expected)
     # Without stratification the rare class drifts further in at least one split (seeded, so fixed).
     unstrat = prepare(id_data(workdir, val_fraction=0.2, test_fraction=0.2, stratify=False))
     drift = max(
-        np.abs(np.bincount(unstrat.split(s)[1], minlength=3) - f * np.bincount(y_all, minlength=3)).max()
+        np.abs(np.bincount(unstrat.split(s).y, minlength=3) - f * np.bincount(y_all, minlength=3)).max()
         for s, f in (("train", 0.6), ("val", 0.2), ("test", 0.2))
     )
     assert drift > 1.5
@@ -91,27 +91,27 @@ def test_split_is_stratified_by_class(workdir: Path) -> None:
 def test_standard_normalisation_uses_training_statistics_only(workdir: Path) -> None:
     raw = prepare(make_config(data={"normalize": "none"}))
     std = prepare(make_config(data={"normalize": "standard"}))
-    x_train, x_val = raw.split("train")[0].astype(np.float64), raw.split("val")[0].astype(np.float64)
+    x_train, x_val = raw.split("train").x.astype(np.float64), raw.split("val").x.astype(np.float64)
     mean, sd = x_train.mean(0), x_train.std(0)
     sd = np.where(sd > 1e-8, sd, 1.0)  # blank pixels in every training image stay unscaled
-    np.testing.assert_allclose(std.split("train")[0], (x_train - mean) / sd, atol=1e-5)
-    np.testing.assert_allclose(std.split("val")[0], (x_val - mean) / sd, atol=1e-5)
+    np.testing.assert_allclose(std.split("train").x, (x_train - mean) / sd, atol=1e-5)
+    np.testing.assert_allclose(std.split("val").x, (x_val - mean) / sd, atol=1e-5)
     # Statistics of all data (a leak) would give a different result.
-    x_all = np.concatenate([raw.split(s)[0] for s in ("train", "val", "test")]).astype(np.float64)
-    assert not np.allclose(std.split("val")[0], (x_val - x_all.mean(0)) / np.where(x_all.std(0) > 1e-8, x_all.std(0), 1.0), atol=1e-3)
+    x_all = np.concatenate([raw.split(s).x for s in ("train", "val", "test")]).astype(np.float64)
+    assert not np.allclose(std.split("val").x, (x_val - x_all.mean(0)) / np.where(x_all.std(0) > 1e-8, x_all.std(0), 1.0), atol=1e-3)
     np.testing.assert_allclose(std.normalizer.shift, mean, atol=1e-5)
     # Only the inputs change; the split and targets do not depend on the normalisation.
     for split in ("train", "val", "test"):
-        assert np.array_equal(raw.split(split)[1], std.split(split)[1])
+        assert np.array_equal(raw.split(split).y, std.split(split).y)
 
 
 def test_minmax_normalisation_maps_training_range_to_unit_interval(workdir: Path) -> None:
     raw = prepare(make_config(data={"source": "wine", "normalize": "none"}))
     mm = prepare(make_config(data={"source": "wine", "normalize": "minmax"}))
-    x = raw.split("train")[0].astype(np.float64)
-    np.testing.assert_allclose(mm.split("train")[0], (x - x.min(0)) / (x.max(0) - x.min(0)), atol=1e-5)
-    np.testing.assert_allclose(mm.split("train")[0].min(0), 0.0, atol=1e-6)
-    np.testing.assert_allclose(mm.split("train")[0].max(0), 1.0, atol=1e-6)
+    x = raw.split("train").x.astype(np.float64)
+    np.testing.assert_allclose(mm.split("train").x, (x - x.min(0)) / (x.max(0) - x.min(0)), atol=1e-5)
+    np.testing.assert_allclose(mm.split("train").x.min(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(mm.split("train").x.max(0), 1.0, atol=1e-6)
 
 
 def _counting_build(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -134,7 +134,7 @@ def test_cache_is_reused_unless_a_preprocessing_setting_changes(workdir: Path, m
     # Training settings do not touch the prepared data.
     again = prepare(make_config(optim={"lr": 0.1}, train={"epochs": 9, "batch_size": 8}, model={"hidden": [4]}))
     assert len(calls) == 1 and again.path == first.path and first.path.stat().st_mtime_ns == stamp
-    assert np.array_equal(again.split("train")[0], first.split("train")[0])
+    assert np.array_equal(again.split("train").x, first.split("train").x)
     # Every preprocessing setting does.
     paths = {first.path}
     for change in ({"data": {"normalize": "minmax"}}, {"data": {"val_fraction": 0.2}}, {"data": {"stratify": False}}, {"seed": 5}):
@@ -151,14 +151,14 @@ def test_cache_is_rebuilt_when_a_data_file_changes(workdir: Path, monkeypatch: p
     write_id_npz(workdir / "ids.npz", seed=1)
     changed = prepare(config)
     assert len(calls) == 2 and changed.path != before.path
-    assert not np.array_equal(changed.split("train")[0], before.split("train")[0])
+    assert not np.array_equal(changed.split("train").x, before.split("train").x)
 
 
 def test_damaged_cache_is_rebuilt(workdir: Path) -> None:
     first = prepare(make_config())
     first.path.write_bytes(b"not an npz")
     again = prepare(make_config())
-    assert np.array_equal(again.split("test")[0], first.split("test")[0])
+    assert np.array_equal(again.split("test").x, first.split("test").x)
 
 
 def test_csv_source_with_string_labels(workdir: Path) -> None:
@@ -172,9 +172,9 @@ def test_csv_source_with_string_labels(workdir: Path) -> None:
     assert data.class_names == ["bird", "cat", "dog"]
     assert data.num_outputs == 3 and data.input_shape == (2,)
     assert data.feature_names == ["width", "height"]
-    y = data.split("train")[1]
+    y = data.split("train").y
     assert y.dtype == np.int64 and set(y.tolist()) == {0, 1, 2}
-    assert sum(len(data.split(s)[1]) for s in ("train", "val", "test")) == 60
+    assert sum(len(data.split(s).y) for s in ("train", "val", "test")) == 60
 
 
 def test_csv_regression_targets_are_float32(workdir: Path) -> None:
@@ -188,8 +188,8 @@ def test_csv_regression_targets_are_float32(workdir: Path) -> None:
     data = prepare(config)
     assert data.num_outputs == 1 and data.class_names == []
     for split in ("train", "val", "test"):
-        assert data.split(split)[1].dtype == np.float32
-    assert set((data.split("train")[1] - 0.25) / 1.5) <= set(range(40))
+        assert data.split(split).y.dtype == np.float32
+    assert set((data.split("train").y - 0.25) / 1.5) <= set(range(40))
 
 
 def test_csv_bad_inputs_are_config_errors(workdir: Path) -> None:
@@ -207,12 +207,12 @@ def test_npz_source_classification_and_regression(workdir: Path) -> None:
     np.savez(workdir / "d.npz", x=rng.standard_normal((80, 2, 3)), y=y, price=rng.standard_normal(80))
     data = prepare(make_config(data={"source": "npz", "path": "d.npz"}))
     assert data.input_shape == (2, 3) and data.num_outputs == 3 and data.class_names == ["5", "6", "7"]
-    assert data.split("train")[0].dtype == np.float32 and data.split("train")[1].dtype == np.int64
-    assert data.split("train")[1].ndim == 1
+    assert data.split("train").x.dtype == np.float32 and data.split("train").y.dtype == np.int64
+    assert data.split("train").y.ndim == 1
     reg = prepare(
         make_config(data={"source": "npz", "path": "d.npz", "target": "price"}, loss={"name": "l1"}, metrics={"monitor": "val/mae"})
     )
-    assert reg.split("val")[1].dtype == np.float32 and reg.num_outputs == 1
+    assert reg.split("val").y.dtype == np.float32 and reg.num_outputs == 1
     with pytest.raises(ConfigError, match="must contain arrays 'x' and 'label'"):
         prepare(make_config(data={"source": "npz", "path": "d.npz", "target": "label"}))
 
@@ -257,12 +257,12 @@ def test_epoch_batch_sampler_yields_every_index_once_per_epoch(n: int, batch_siz
 def test_both_batching_paths_yield_identical_batches_covering_each_sample_once(workdir: Path) -> None:
     config = id_data(workdir, augment={"noise_std": 0.1})
     data = prepare(config)
-    x, y = data.split("train")
+    split = data.split("train")
     device = torch.device("cpu")
     paths = {}
     for mode in ("always", "never"):
         cfg = config.model_copy(update={"data": config.data.model_copy(update={"in_memory": mode})})
-        paths[mode] = build_train_batches(x, y, cfg, device)
+        paths[mode] = build_train_batches(split, cfg, device)
     assert type(paths["always"]).__name__ == "InMemoryBatches" and type(paths["never"]).__name__ == "DataLoaderBatches"
     for epoch in (0, 1):
         a, b = list(paths["always"].epoch(epoch)), list(paths["never"].epoch(epoch))

@@ -25,6 +25,7 @@ import torch
 from conftest import cli_env, run_cli, tiny_config, write_config
 from safetensors.torch import load_file
 
+from taktstock.data.datasets import ArraySplit
 from taktstock.data.loaders import EpochBatchSampler, eval_batches
 
 HELPERS = textwrap.dedent(
@@ -224,7 +225,7 @@ def test_last_batch_smaller_than_world_size_is_skipped_by_all_ranks() -> None:
 
 def test_eval_shards_cover_the_split_exactly_once() -> None:
     x, y = np.arange(23, dtype=np.float32).reshape(23, 1), np.arange(23)
-    seen = [int(t) for rank in range(3) for _, yb in eval_batches(x, y, 4, rank, 3) for t in yb]
+    seen = [int(t) for rank in range(3) for _, yb in eval_batches(ArraySplit(x, y), 4, rank, 3) for t in yb]
     assert seen == list(range(23))
 
 
@@ -276,7 +277,7 @@ def test_fsdp_run_survives_a_killed_worker_and_matches_single_process(runs: dict
 
 
 def test_launcher_builds_torchrun_command_lines() -> None:
-    from taktstock.training.launch import LaunchOptions, torchrun_argv
+    from taktstock.commands.launch import LaunchOptions, torchrun_argv
 
     worker = ["train", "cfg.yaml", "--run-dir", "runs/x"]
     single_node = torchrun_argv(LaunchOptions(nproc_per_node=4), worker)

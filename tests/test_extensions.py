@@ -307,7 +307,8 @@ def test_extension_mistakes_are_config_errors(workdir: Path) -> None:
     bad_model["model"]["depth"] = 3
     with pytest.raises(ConfigError, match=r"bad_model.yaml:\d+: model.depth: mlp has no argument 'depth'"):
         load_config(write_config(workdir / "bad_model.yaml", bad_model))
-    with pytest.raises(ConfigError, match=r"must be \(inputs, target\) pairs, got dict"):
+    # Dict items are samples now (issue 14); one without the target says where the target goes.
+    with pytest.raises(ConfigError, match=r"items of broken.code:DictItems are dicts without a 'labels' field"):
         train(config("data.source=broken.code:DictItems"), run_dir=workdir / "r1")
     with pytest.raises(ConfigError, match=r"metrics\.extra: broken\.code:NotAMetric is not a torchmetrics\.Metric"):
         train(config("metrics.extra=['broken.code:NotAMetric']"), run_dir=workdir / "r2")
@@ -334,8 +335,8 @@ def test_dry_run_reports_config_model_sizes_and_batch_without_training(workdir: 
     assert "# resolved config" in out and "batch_size: 50" in out
     assert f"parameters: {sum(p.numel() for p in model.parameters()):,}" in out
     for split in ("train", "val", "test"):
-        assert f"{split}: {len(data.split(split)[1])} samples" in out
-    assert f"steps per epoch: {math.ceil(len(data.split('train')[1]) / 50)}" in out
+        assert f"{split}: {len(data.split(split).y)} samples" in out
+    assert f"steps per epoch: {math.ceil(len(data.split('train').y) / 50)}" in out
     assert "batch: ((50, 1, 8, 8) float32, (50,) int64)" in out
     assert "outputs: (50, 10) float32" in out and "initial loss:" in out
     assert not (workdir / "experiments").exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from taktstock.config.loader import validate
+from taktstock.data.datasets import ArraySplit
 from taktstock.data.loaders import DataLoaderBatches, InMemoryBatches, build_train_batches
 from tests.conftest import tiny_config
 
@@ -26,6 +27,11 @@ def _images(n: int = 45) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((n, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, n).astype(np.int64)
 
 
+def _batches(x: np.ndarray, y: np.ndarray, cfg: object, rank: int = 0, world_size: int = 1) -> object:
+    """The training batches of arrays as a prepared training split (with the config's augmentation)."""
+    return build_train_batches(ArraySplit(x, y, cfg.seed, cfg.data.augment), cfg, torch.device("cpu"), rank, world_size)
+
+
 def _epoch(batches: object, epoch: int, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(batches.epoch(epoch, start))
 
@@ -36,8 +42,8 @@ def test_in_memory_batches_equal_dataloader_batches(num_workers: int, augment: d
     x, y = _images()
     for world_size in (1, 2):
         for rank in range(world_size):
-            dl = build_train_batches(x, y, _config("never", num_workers, augment), torch.device("cpu"), rank, world_size)
-            mem = build_train_batches(x, y, _config("always", num_workers, augment), torch.device("cpu"), rank, world_size)
+            dl = _batches(x, y, _config("never", num_workers, augment), rank, world_size)
+            mem = _batches(x, y, _config("always", num_workers, augment), rank, world_size)
             assert isinstance(dl, DataLoaderBatches) and isinstance(mem, InMemoryBatches)
             assert len(dl) == len(mem) > 2
             for epoch, start in ((0, 0), (1, 0), (1, 3), (2, len(mem) - 1)):  # start > 0: a resumed epoch
@@ -50,8 +56,8 @@ def test_in_memory_batches_equal_dataloader_batches(num_workers: int, augment: d
 def test_world_size_2_shards_partition_the_single_process_batches() -> None:
     x, y = _images()
     cfg = _config("always", 0, {"shift": 1, "hflip": True})
-    single = _epoch(build_train_batches(x, y, cfg, torch.device("cpu")), 1, 0)
-    ranks = [_epoch(build_train_batches(x, y, cfg, torch.device("cpu"), r, 2), 1, 0) for r in range(2)]
+    single = _epoch(_batches(x, y, cfg), 1, 0)
+    ranks = [_epoch(_batches(x, y, cfg, r, 2), 1, 0) for r in range(2)]
     for i, (xs, ys) in enumerate(single):
         assert torch.equal(torch.cat([ranks[0][i][0], ranks[1][i][0]]), xs)
         assert torch.equal(torch.cat([ranks[0][i][1], ranks[1][i][1]]), ys)
@@ -59,7 +65,7 @@ def test_world_size_2_shards_partition_the_single_process_batches() -> None:
 
 def test_augmentation_differs_between_epochs_but_repeats_within_an_epoch() -> None:
     x, y = _images()
-    mem = build_train_batches(x, y, _config("always", 0, {"shift": 2, "hflip": True}), torch.device("cpu"))
+    mem = _batches(x, y, _config("always", 0, {"shift": 2, "hflip": True}))
     first, again, other = _epoch(mem, 0, 0), _epoch(mem, 0, 0), _epoch(mem, 1, 0)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other, strict=True))

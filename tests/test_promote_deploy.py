@@ -63,6 +63,10 @@ def test_better_run_takes_champion_alias_and_worse_run_does_not(project: Path) -
     assert len(client.search_model_versions("name = 'digits-tiny'")) == 2  # same weights reuse their version
     assert json.loads((project / "bad/promotion.json").read_text())["promoted"] is False
 
+    again = run_cli("promote", "good", cwd=project, check=True)  # the champion's own weights: nothing changes
+    assert "already the champion" in again.stdout and "promoted to champion" not in again.stdout
+    assert client.get_model_version_by_alias("digits-tiny", "champion").version == champion.version
+
 
 def _rows(project: Path, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """Raw (un-normalised) digits rows of the run's test split and their indices."""
@@ -83,7 +87,7 @@ def _reference(project: Path, n: int = 40) -> torch.Tensor:
 
     _, data, model = load_trained_model(RunDir(project / "good"))
     with torch.no_grad():
-        return torch.softmax(model(torch.from_numpy(data.split("test")[0][:n])), dim=-1)
+        return torch.softmax(model(torch.from_numpy(data.split("test").x[:n])), dim=-1)
 
 
 def test_predict_csv_applies_the_stored_normalisation_and_matches_the_model_on_the_test_split(project: Path) -> None:

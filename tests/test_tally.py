@@ -158,5 +158,5 @@ def test_logged_training_loss_and_accuracy_are_exact_interval_and_epoch_means(wo
 )
 def test_fused_optimizer_kernel_by_default_where_available(optim: dict[str, Any], fused: bool) -> None:
     config = validate(tiny_config(optim=optim), {}, "<test>")
-    opt = build_optimizer(config, nn.Linear(3, 2), torch.device("cpu"))
+    opt = build_optimizer(config.optim, nn.Linear(3, 2))
     assert bool(opt.defaults.get("fused")) is fused

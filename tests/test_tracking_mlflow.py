@@ -151,7 +151,7 @@ def test_train_and_evaluate_log_params_metrics_artifacts_and_registered_model(ba
 
     os.chdir(workdir)
     _config, data, model = load_trained_model(RunDir(workdir / "run"), "best")
-    x = data.split("test")[0][:16].astype(np.float32)
+    x = data.split("test").x[:16].astype(np.float32)
     with torch.no_grad():
         expected_out = model(torch.from_numpy(x)).numpy()
     import mlflow

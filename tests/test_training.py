@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from taktstock.checkpoint.manager import load_checkpoint
+from taktstock.checkpoint.weights import load_weights
 from taktstock.config.loader import validate
 from taktstock.config.schema import Config
 from taktstock.data.prepare import prepare
@@ -46,18 +47,19 @@ def records(run_dir: Path, key: str) -> list[tuple[int, float]]:
 
 def trained_model(config: Config, weights: Path) -> nn.Module:
     model = components.build_model_for(config, prepare(config), torch.device("cpu"), DistEnv())[0]
-    components.load_weights(model, weights)
+    load_weights(model, weights)
     return model.eval()
 
 
 def outputs_on(config: Config, weights: Path, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = prepare(config).split(split)
+    part = prepare(config).split(split)
+    x, y = part.x, part.y
     with torch.no_grad():
         return trained_model(config, weights)(torch.from_numpy(x)), torch.from_numpy(y)
 
 
 def steps_per_epoch(config: Config) -> int:
-    n_batches = math.ceil(len(prepare(config).split("train")[1]) / config.train.batch_size)
+    n_batches = math.ceil(len(prepare(config).split("train").y) / config.train.batch_size)
     return math.ceil(n_batches / config.train.accumulate_grad_batches)
 
 
@@ -230,7 +232,7 @@ def test_regression_losses_on_diabetes(workdir: Path, loss: str, metric: str) ->
         train={"epochs": 3, "batch_size": 32},
     )
     data = prepare(config)
-    assert data.split("train")[1].dtype == np.float32 and data.num_outputs == 1
+    assert data.split("train").y.dtype == np.float32 and data.num_outputs == 1
     loss_values = [v for _, v in records(run_dir, "val/loss")]
     metric_values = [v for _, v in records(run_dir, metric)]
     assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(loss_values, metric_values, strict=True))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from taktstock.checkpoint.manager import CheckpointInfo, CheckpointManager
+from taktstock.checkpoint.manager import CheckpointInfo, CheckpointManager, checkpoint_name
 
 
 def snapshot(state: Any) -> Any:
@@ -73,7 +73,7 @@ class AsyncCheckpointManager:
     # -- writing -----------------------------------------------------------------------------
     def save(self, state: dict[str, Any], step: int) -> Path:
         self._submit(self.inner.save, state, step)
-        return self.dir / f"step-{step:08d}.pt"
+        return self.dir / checkpoint_name(step)
 
     def save_best(self, state: dict[str, Any], step: int) -> Path:
         # A failed earlier write stays pending for the next save()/wait(), where the trainer reports it
@@ -115,8 +115,8 @@ class AsyncCheckpointManager:
         self.wait()
 
     # -- reading (after pending writes) -----------------------------------------------------------
-    def prepare(self) -> None:
-        self.inner.prepare()
+    def prepare(self) -> list[Path]:
+        return self.inner.prepare()
 
     def periodic(self) -> list[CheckpointInfo]:
         self._quiet_wait()

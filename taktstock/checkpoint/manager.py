@@ -35,16 +35,35 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from taktstock.checkpoint.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temporaries
 from taktstock.errors import CheckpointError
+from taktstock.utils.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temporaries
 
-_PERIODIC = re.compile(r"step-(\d+)\.json$")
+# The one definition of the periodic checkpoint file name (writers, readers and the trainer use these).
+_PREFIX = "step-"
+_PERIODIC = re.compile(rf"{_PREFIX}(\d+)\.json$")
 _SLOW_ENV = "TAKTSTOCK_TEST_SLOW_CHECKPOINT_WRITE"
 _FAIL_ENV = "TAKTSTOCK_TEST_FAIL_CHECKPOINT_WRITE"
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the periodic checkpoint after optimizer step `step`."""
+    return f"{_PREFIX}{step:08d}.pt"
+
+
+class CheckpointWriter(Protocol):
+    """What the checkpointer writes through: CheckpointManager (synchronous) or AsyncCheckpointManager."""
+
+    dir: Path
+
+    def prepare(self) -> list[Path]: ...
+    def save(self, state: dict[str, Any], step: int) -> Path: ...
+    def save_best(self, state: dict[str, Any], step: int) -> Path: ...
+    def wait(self) -> None: ...
+    def latest_valid(self) -> CheckpointInfo | None: ...
 
 
 @dataclass
@@ -65,7 +84,7 @@ class CheckpointManager:
         """Create the directory and clear what an interrupted write left: temporaries and data without a manifest."""
         self.dir.mkdir(parents=True, exist_ok=True)
         removed = remove_stale_temporaries(self.dir)
-        for data in self.dir.glob("step-*.pt"):
+        for data in self.dir.glob(f"{_PREFIX}*.pt"):
             if not data.with_suffix(".json").exists():
                 data.unlink(missing_ok=True)
                 removed.append(data)
@@ -74,7 +93,7 @@ class CheckpointManager:
     # -- writing -----------------------------------------------------------------------------
     def save(self, state: dict[str, Any], step: int) -> Path:
         """Write a periodic checkpoint, point `last` at it and prune old ones."""
-        path = self.dir / f"step-{step:08d}.pt"
+        path = self.dir / checkpoint_name(step)
         self._write(path, state, step)
         self._link_last(path)
         self._prune()
@@ -84,6 +103,9 @@ class CheckpointManager:
         path = self.dir / "best.pt"
         self._write(path, state, step)
         return path
+
+    def wait(self) -> None:
+        """Synchronous writes are on disk when `save` returns: nothing to wait for."""
 
     def _write(self, path: Path, state: dict[str, Any], step: int) -> None:
         buffer = io.BytesIO()
@@ -140,7 +162,7 @@ class CheckpointManager:
         found = []
         if not self.dir.is_dir():
             return found
-        for manifest in self.dir.glob("step-*.json"):
+        for manifest in self.dir.glob(f"{_PREFIX}*.json"):
             m = _PERIODIC.search(manifest.name)
             info = _read_manifest(manifest)
             if m and info:

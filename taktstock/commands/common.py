@@ -6,14 +6,16 @@ from pathlib import Path
 
 
 def split_config_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
-    """[CONFIG] [key=value ...] -> (config path or None, overrides)."""
+    """[CONFIG] [key=value | ~key ...] -> (config path or None, overrides)."""
+    from taktstock.config.overrides import is_override
+
     args = list(args or [])
     config = None
-    if args and "=" not in args[0]:
+    if args and not is_override(args[0]):
         config = Path(args.pop(0))
-    bad = [a for a in args if "=" not in a]
+    bad = [a for a in args if not is_override(a)]
     if bad:
         from taktstock.errors import ConfigError
 
-        raise ConfigError(f"expected overrides of the form key.path=value, got: {' '.join(bad)}")
+        raise ConfigError(f"expected overrides of the form key.path=value, or ~key.path, got: {' '.join(bad)}")
     return config, args

@@ -19,6 +19,11 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Output file (default RUN_DIR/export/model.<ext>).")] = None,
 ) -> None:
     """Write a self-contained model (normalisation included: raw features in) and check it against PyTorch."""
+    if format == "onnx":
+        from taktstock.utils.imports import optional_import
+
+        for module in ("onnx", "onnxscript", "onnxruntime"):  # torch.onnx.export needs onnx + onnxscript; the check, onnxruntime
+            optional_import(module, "export", "taktstock export --format onnx")
     from taktstock.deploy.export import export as run_export
 
     path, diff = run_export(run_dir, format, checkpoint, out)

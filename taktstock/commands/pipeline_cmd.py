@@ -11,21 +11,36 @@ import typer
 pipeline_app = typer.Typer(help="Generate DVC pipelines and Airflow DAGs (prepare -> train -> evaluate -> promote).", no_args_is_help=True)
 
 
+_ARGS_HELP = "CONFIG file, then key.path=value overrides (the stages run with them)."
+_INTERSPERSED = {"allow_interspersed_args": True}
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(pipeline_app, name="pipeline")
 
 
-@pipeline_app.command()
+def _config_and_overrides(args: list[str]) -> tuple[Path, list[str]]:
+    from taktstock.commands.common import split_config_args
+    from taktstock.errors import UserError
+
+    config, overrides = split_config_args(args)
+    if config is None:
+        raise UserError("a pipeline needs an experiment file first: taktstock pipeline dvc|airflow CONFIG [key=value ...]")
+    return config, overrides
+
+
+@pipeline_app.command(context_settings=_INTERSPERSED)
 def dvc(
-    config: Annotated[Path, typer.Argument(help="Experiment config file (inside the project).")],
+    args: Annotated[list[str], typer.Argument(help=_ARGS_HELP, show_default=False)],
     out: Annotated[str, typer.Option(help="dvc.yaml to write; '-' prints it. Stage paths are relative to its folder.")] = "dvc.yaml",
     python: Annotated[str, typer.Option(help="Interpreter the stages run (default: 'python' on PATH).")] = "python",
 ) -> None:
     """Write dvc.yaml with stages prepare -> train -> evaluate -> promote for CONFIG (run: dvc repro)."""
     from taktstock.pipelines.dvc import generate
 
+    config, overrides = _config_and_overrides(args)
     project = Path.cwd() if out == "-" else Path(out).resolve().parent
-    text = generate(config, project, python)
+    text = generate(config, project, python, overrides)
     if out == "-":
         sys.stdout.write(text)
         return
@@ -43,9 +58,9 @@ def _ignore_bytecode(project: Path) -> None:
         path.write_text("\n".join([*lines, *missing]) + "\n")
 
 
-@pipeline_app.command()
+@pipeline_app.command(context_settings=_INTERSPERSED)
 def airflow(
-    config: Annotated[Path, typer.Argument(help="Experiment config file.")],
+    args: Annotated[list[str], typer.Argument(help=_ARGS_HELP, show_default=False)],
     out: Annotated[Path, typer.Option(help="Airflow DAGs folder to write the DAG file into.")] = Path("dags"),
     project: Annotated[Path | None, typer.Option(help="Directory the tasks run in (default: the current directory).")] = None,
 ) -> None:
@@ -53,7 +68,8 @@ def airflow(
     from taktstock.errors import UserError
     from taktstock.pipelines.airflow import generate
 
-    ident, text = generate(config, project or Path.cwd())
+    config, overrides = _config_and_overrides(args)
+    ident, text = generate(config, project or Path.cwd(), overrides=overrides)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} is not a directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,11 @@ def prepare(
 ) -> None:
     """Split and normalise the data once and cache it under data.cache_dir (train does this automatically)."""
     from taktstock.config import load_config
+    from taktstock.data.dataset import input_shape
     from taktstock.data.prepare import prepare as run_prepare
 
     config_path, overrides = split_config_args(args)
     data = run_prepare(load_config(config_path, overrides), verbose=True)
-    sizes = ", ".join(f"{s} {len(data.split(s)[1])}" for s in ("train", "val", "test"))
-    print(f"prepared {data.path} ({sizes}; input shape {data.input_shape}, outputs {data.num_outputs})")
+    sizes = ", ".join(f"{s} {len(data.split(s))}" for s in ("train", "val", "test"))
+    where = getattr(data, "path", None) or config_path or "data"
+    print(f"prepared {where} ({sizes}; input shape {input_shape(data.spec())}, outputs {data.num_outputs})")

@@ -12,7 +12,7 @@ import typer
 from taktstock.commands.common import split_config_args
 
 if TYPE_CHECKING:
-    from taktstock.training.launch import LaunchOptions
+    from taktstock.commands.launch import LaunchOptions
 
 _DIST = "Distributed (torchrun)"
 
@@ -55,19 +55,21 @@ def train(
     from taktstock.training.trainer import Preempted
 
     config_path, overrides = split_config_args(args)
+    if config_path is None and resume is None:
+        config_path = _default_config()
     if dry_run:
-        from taktstock.training.dry_run import dry_run as do_dry_run
+        from taktstock.commands.dry_run import dry_run as do_dry_run
 
         do_dry_run(config_path, overrides)
         return
     if nproc_per_node is not None or nnodes > 1 or rdzv_endpoint:
-        from taktstock.training.launch import LaunchOptions
+        from taktstock.commands.launch import LaunchOptions
 
         opts = LaunchOptions(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts)
         _launch(config_path, overrides, run_dir, resume, force, evaluate, opts)
         return
+    from taktstock.commands.launch import restart_count
     from taktstock.training.distributed import DistEnv
-    from taktstock.training.launch import restart_count
     from taktstock.training.run import train as run_train
 
     if resume is None and run_dir is not None and restart_count() > 0:
@@ -101,7 +103,19 @@ def train(
             print("note: --evaluate skipped: no test or validation split (data.test_fraction and data.val_fraction are 0)", file=sys.stderr)
         else:
             run_evaluate(result.run_dir, split=split)
+            return  # evaluate's report ends with the run directory line
     print(f"run directory: {result.run_dir}")
+
+
+def _default_config() -> Path:
+    """`taktstock train` without a file trains ./config.yaml, as a project's README says; built-in defaults never silently."""
+    from taktstock.errors import UserError
+
+    path = Path("config.yaml")
+    if not path.is_file():
+        raise UserError(f"no config file given and no config.yaml in {Path.cwd()}: run taktstock train CONFIG [key=value ...]")
+    print("note: no config file given: using ./config.yaml", file=sys.stderr)
+    return path
 
 
 def _launch(
@@ -113,7 +127,7 @@ def _launch(
     evaluate: bool,
     opts: LaunchOptions,
 ) -> None:
-    from taktstock.training.launch import LaunchFailed, launch
+    from taktstock.commands.launch import LaunchFailed, launch
 
     try:
         target = launch(config_path, overrides, run_dir, resume, force, opts)
@@ -127,4 +141,5 @@ def _launch(
         from taktstock.evaluation.evaluate import evaluate as run_evaluate
 
         run_evaluate(target)
+        return  # evaluate's report ends with the run directory line
     print(f"run directory: {target}")

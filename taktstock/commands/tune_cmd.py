@@ -38,6 +38,12 @@ def tune(
     ] = 1,
 ) -> None:
     """Search hyperparameters: taktstock tune sweep.yaml --trials 20 --workers 2"""
+    from taktstock.utils.imports import optional_import
+
+    # Checked first: a missing extra must not leave an empty sweep directory behind.
+    optional_import("optuna", "tune", "taktstock tune")
+    if backend == "ray":
+        optional_import("ray.tune", "ray", "taktstock tune --backend ray")
     from taktstock.tuning.runner import TuneOptions, run_sweep
 
     config_path, overrides = split_config_args(args)

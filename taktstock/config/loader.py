@@ -16,8 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from taktstock.config.overrides import OPEN_MAPPINGS, apply_override, drop_stale_arguments, parse_override
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
+
+__all__ = ["OPEN_MAPPINGS", "apply_override", "load_config", "parse_override", "read_yaml", "validate", "yaml_load"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -49,8 +52,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         # Overrides go into the raw file content, not the resolved dict: the resolved dict carries the
         # defaults of the *current* model, which would be invalid arguments after `model.name=cnn`.
         known, data = config_to_dict(config), copy.deepcopy(raw)
-        for item in overrides:
-            apply_override(data, item, known=known)
+        overridden = {apply_override(data, item, known=known) for item in overrides}
+        drop_stale_arguments(raw, data, overridden)
         config = validate(data, {}, source="command line")
     return config
 
@@ -86,48 +89,6 @@ def _collect_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
             key = f"{prefix}{key_node.value}"
             out[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, key + ".", out)
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """'a.b=value' -> ('a.b', YAML-parsed value)."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{item}' must look like key.path=value")
-    try:
-        parsed = yaml_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
-
-
-# Mappings with free keys (model/optimizer arguments, kwargs, tags, search space): an override may add
-# a key there; validation then checks it against the model constructor or optimizer signature.
-OPEN_MAPPINGS = ("model", "optim", "data.kwargs", "loss.kwargs", "experiment.tags", "tune.space")
-
-
-def apply_override(data: dict[str, Any], item: str, known: dict[str, Any] | None = None) -> None:
-    """Set one dotted key in `data`; the key must exist in `known` (default: `data` itself) or lie in an open mapping."""
-    key, value = parse_override(item)
-    parts = key.split(".")
-    _check_override_key(item, key, parts, data if known is None else known)
-    node: Any = data
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
-def _check_override_key(item: str, key: str, parts: list[str], known: dict[str, Any]) -> None:
-    node: Any = known
-    for i, part in enumerate(parts):
-        if ".".join(parts[:i]) in OPEN_MAPPINGS:
-            return
-        if not isinstance(node, dict) or part not in node:
-            here = ".".join(parts[:i]) or "the top level"
-            hint = _suggest(part, list(node) if isinstance(node, dict) else [])
-            raise ConfigError(f"override '{item}': unknown key '{key}' ({part!r} is not in {here}){hint}")
-        node = node[part]
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -222,42 +183,51 @@ def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
 
 
 def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None:
-    from taktstock.training.optim import optimizer_class
+    from taktstock.registry import OPTIMIZERS
 
-    cls = optimizer_class(config.optim.name)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    spec = OPTIMIZERS.get(config.optim.name.lower()).obj
+    accepted = spec.accepted
+    if spec.needs_closure:
+        raise ConfigError(
+            f"{_where(source, lines, 'optim.name')}optim.name: {spec.cls.__name__} needs step(closure) to re-evaluate the loss, "
+            "which the training loop (one step per batch) does not call; use adam, adamw or sgd"
+        )
     for key in config.optim.kwargs():
         if key not in accepted:
             raise ConfigError(
-                f"{_where(source, lines, f'optim.{key}')}optim.{key}: {cls.__name__} has no argument '{key}'"
+                f"{_where(source, lines, f'optim.{key}')}optim.{key}: {spec.cls.__name__} has no argument '{key}'"
                 + _suggest(key, sorted(accepted))
             )
     if config.optim.fused and "fused" not in accepted:
-        raise ConfigError(f"{_where(source, lines, 'optim.fused')}optim.fused: {cls.__name__} has no fused implementation")
+        raise ConfigError(f"{_where(source, lines, 'optim.fused')}optim.fused: {spec.cls.__name__} has no fused implementation")
+    if config.optim.weight_decay and "weight_decay" not in accepted:
+        raise ConfigError(f"{_where(source, lines, 'optim.weight_decay')}optim.weight_decay: {spec.cls.__name__} has no weight decay")
     # Values are checked by the optimizer itself, on a dummy parameter, before any run directory exists.
     import torch
 
     # Implementation switches depend on the device the run uses, not on this CPU tensor.
-    kwargs = {k: v for k, v in config.optim.kwargs().items() if k not in ("fused", "foreach", "capturable", "differentiable")}
+    kwargs = {k: v for k, v in spec.kwargs(config.optim).items() if k not in ("fused", "foreach", "capturable", "differentiable")}
     try:
-        cls([torch.zeros(1, requires_grad=True)], lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kwargs)
+        spec.cls([torch.zeros(1, requires_grad=True)], **kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{_where(source, lines, 'optim.name')}optim: {cls.__name__} rejects the given arguments ({exc})") from None
+        raise ConfigError(f"{_where(source, lines, 'optim.name')}optim: {spec.cls.__name__} rejects the given arguments ({exc})") from None
 
 
 def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
-    from taktstock.data.sources import check_source_name
-    from taktstock.metrics.collection import metric_names
-    from taktstock.training.losses import check_loss_name
+    from taktstock.registry import LOSSES, METRICS, SOURCES
+    from taktstock.utils.imports import is_import_path
 
-    check_source_name(config.data.source)
-    check_loss_name(config.loss.name)
+    if not is_import_path(config.data.source):
+        SOURCES.get(
+            config.data.source, " or use 'module:Class'; a source registered with @register_source needs its module listed under plugins"
+        )
     loss, task = config.loss.name, config.data.task
-    regression_loss = loss in ("mse", "l1", "smooth_l1", "huber")
-    if (task == "classification" and regression_loss) or (task == "regression" and loss in ("cross_entropy", "bce_with_logits")):
-        where = _where(source, lines, "data.task")
-        raise ConfigError(f"{where}data.task: '{task}' does not fit loss.name '{loss}' (use data.task: auto to follow the loss)")
-    names = metric_names(config)
+    if not is_import_path(loss):
+        implied = LOSSES.get(loss, " or use 'module:callable'").meta["task"]
+        if task not in ("auto", implied):
+            where = _where(source, lines, "data.task")
+            raise ConfigError(f"{where}data.task: '{task}' does not fit loss.name '{loss}' (use data.task: auto to follow the loss)")
+    names = METRICS.get("monitor_names").obj(config)
     if config.metrics.monitor not in names:
         where = _where(source, lines, "metrics.monitor")
         raise ConfigError(f"{where}metrics.monitor: unknown metric '{config.metrics.monitor}' (choose from {', '.join(names)})")
@@ -273,6 +243,6 @@ def config_to_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: Path) -> None:
-    from taktstock.checkpoint.atomic import atomic_write_text
+    from taktstock.utils.atomic import atomic_write_text
 
     atomic_write_text(Path(path), config_to_yaml(config))  # a kill mid-write must not leave a truncated config

@@ -24,7 +24,10 @@ An experiment file is YAML with the sections below; every key is optional and un
 errors. `taktstock config show CONFIG` prints a file with all defaults filled in, and
 `taktstock config schema` prints a JSON Schema for editor completion and checks (see
 [getting-started](getting-started.md#editor-completion)). Any key can be overridden on the
-command line: `taktstock train config.yaml optim.lr=3e-4 model.hidden=[512,256]`.
+command line: `taktstock train config.yaml optim.lr=3e-4 model.hidden=[512,256]`; `~key.path`
+deletes a key (back to its default), and a key with dots of its own is bracketed:
+`tune.space[optim.lr].low=1e-4`. Choice values are written as documented, unquoted
+(`precision: 32`, `progress: off`).
 """
 
 

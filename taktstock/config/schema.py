@@ -6,15 +6,55 @@ generated from the field descriptions below, so they cannot drift from the code.
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# YAML 1.1 (PyYAML) reads `off`/`on`/`yes`/`no` as booleans and `32` as an int; a choice field
+# documented as `progress: off` or `precision: 32` must accept what the YAML parser made of it.
+_TRUE_WORDS, _FALSE_WORDS = ("on", "yes", "true"), ("off", "no", "false")
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return None
+
+
+def _coerce_choice(value: Any, choices: tuple[Any, ...]) -> Any:
+    """Map a YAML-1.1-typed scalar back to the string choice it was written as (True -> 'on', 32 -> '32')."""
+    if value in choices and type(value) is str:
+        return value
+    if isinstance(value, bool):
+        words = _TRUE_WORDS if value else _FALSE_WORDS
+        return next((c for c in choices if isinstance(c, str) and c.lower() in words), value)
+    if isinstance(value, int | float) and str(value) in choices:
+        return str(value)
+    return value
+
+
+def coerce_literals(model: type[BaseModel], data: Any) -> Any:
+    """Rewrite the choice (Literal) fields of a raw section mapping; anything else passes unchanged."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        choices = _literal_choices(field.annotation)
+        if choices and name in out:
+            out[name] = _coerce_choice(out[name], choices)
+    return out
 
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_as_written(cls, data: Any) -> Any:
+        return coerce_literals(cls, data)
 
 
 class ExperimentConfig(Section):
@@ -110,6 +150,11 @@ class ModelConfig(BaseModel):
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_as_written(cls, data: Any) -> Any:
+        return coerce_literals(cls, data)
+
     def params(self) -> dict[str, Any]:
         """Constructor keyword arguments (everything except name and init)."""
         return dict(self.model_extra or {})
@@ -204,8 +249,14 @@ class MetricsConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_n_steps: int | None = Field(500, ge=1, description="Save a periodic checkpoint every N optimizer steps (also at each epoch end).")
-    every_epoch: bool = Field(True, description="Save a checkpoint at the end of every epoch.")
+    every_n_minutes: float | None = Field(
+        5.0,
+        gt=0,
+        description="Save a checkpoint at the first step boundary after this many minutes since the last one "
+        "(rank 0's clock). The end of training and preemption are always saved.",
+    )
+    every_n_steps: int | None = Field(None, ge=1, description="Also save every N optimizer steps.")
+    every_epoch: bool = Field(False, description="Also save at the end of every epoch.")
     keep_last: int = Field(3, ge=1, description="How many periodic checkpoints stay on disk.")
     save_best: bool = Field(True, description="Keep the best checkpoint by the monitored metric.")
     async_write: bool = Field(
@@ -317,7 +368,10 @@ class Config(Section):
         """Classification or regression: explicit in data.task, else implied by the loss."""
         if self.data.task != "auto":
             return self.data.task
-        return "regression" if self.loss.name in ("mse", "l1", "smooth_l1", "huber") else "classification"
+        from taktstock.registry import LOSSES
+
+        entry = LOSSES.find(self.loss.name)  # a user loss by import path counts as classification
+        return "regression" if entry is not None and entry.meta["task"] == "regression" else "classification"
 
 
 DataConfig.model_rebuild()

@@ -1,25 +1,27 @@
 """Batch iteration for training and evaluation.
 
 The batch order of every epoch is a pure function of (seed, epoch): resuming at batch k of epoch e
-needs no replay, only slicing. Two interchangeable training paths yield identical batches:
-`DataLoaderBatches` (worker processes, per-sample collate) and `InMemoryBatches` (whole-batch
-indexing of resident tensors, no collate), chosen by `data.in_memory`.
+needs no replay, only slicing. Every path takes a `SplitDataset` and the interchangeable training
+paths yield identical batches: `DataLoaderBatches` (worker processes, the split's collate),
+`InMemoryBatches` (whole-batch indexing of resident arrays, no collate) and `GetBatchBatches` (a
+split's own `get_batch`), chosen by `data.in_memory`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from taktstock.config.schema import AugmentConfig, Config
-from taktstock.data.augment import augment_batch, is_active
-from taktstock.data.datasets import ArrayDataset
+from taktstock.config.schema import Config
+from taktstock.data.augment import augment_batch
+from taktstock.data.dataset import SplitDataset
+from taktstock.data.datasets import ArraySplit
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = Any  # a tuple (inputs, target) or a dict of named tensors, as the split's collate builds it
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -78,14 +80,15 @@ class TrainBatches(Protocol):
 
 
 class DataLoaderBatches:
-    """torch DataLoader with worker processes over an `ArrayDataset`."""
+    """torch DataLoader with worker processes over a split: samples are read and collated in the workers."""
 
-    def __init__(self, dataset: ArrayDataset, sampler: EpochBatchSampler, config: Config, device: torch.device) -> None:
+    def __init__(self, dataset: SplitDataset, sampler: EpochBatchSampler, config: Config, device: torch.device) -> None:
         self.sampler = sampler
         workers = config.data.num_workers
         self.loader = DataLoader(
             dataset,
             batch_sampler=sampler,
+            collate_fn=dataset.collate,
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0 and config.data.persistent_workers,
@@ -110,23 +113,13 @@ class InMemoryBatches:
     each augmented batch is copied through pinned memory without blocking.
     """
 
-    def __init__(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        sampler: EpochBatchSampler,
-        seed: int,
-        augment: AugmentConfig,
-        device: torch.device | None,
-        pin_memory: bool = False,
-    ) -> None:
+    def __init__(self, split: ArraySplit, sampler: EpochBatchSampler, device: torch.device | None, pin_memory: bool = False) -> None:
         self.sampler = sampler
         # Host-resident data for a CUDA run: batches are gathered straight into pinned memory, so the
         # trainer's non_blocking copy to the GPU overlaps compute instead of staging through pageable memory.
         self.pin = pin_memory and (device is None or device.type == "cpu")
-        self.seed, self.augment = seed, augment if is_active(augment) else None
-        self.x = torch.from_numpy(np.ascontiguousarray(x))
-        self.y = torch.from_numpy(np.ascontiguousarray(y))
+        self.seed, self.augment = split.seed, split.augment
+        self.x, self.y = split.tensors
         self.device = device if device is not None else torch.device("cpu")
         if self.device.type != "cpu":
             self.y = self.y.to(self.device)
@@ -165,6 +158,22 @@ def _gather(t: torch.Tensor, index: torch.Tensor, pin: bool) -> torch.Tensor:
     return torch.index_select(t, 0, index, out=out)
 
 
+class GetBatchBatches:
+    """A split's own whole-batch `get_batch(indices, epoch)`, in the main process (no workers, no collate)."""
+
+    def __init__(self, split: SplitDataset, sampler: EpochBatchSampler) -> None:
+        self.split, self.sampler = split, sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        get_batch = self.split.get_batch
+        assert get_batch is not None
+        for idx in self.sampler.local_batches(epoch)[start_batch:]:
+            yield get_batch(idx, epoch)
+
+
 def use_in_memory(config: Config, nbytes: int) -> bool:
     mode = config.data.in_memory
     if mode == "auto":
@@ -172,21 +181,36 @@ def use_in_memory(config: Config, nbytes: int) -> bool:
     return mode == "always"
 
 
-def build_train_batches(
-    x: np.ndarray, y: np.ndarray, config: Config, device: torch.device, rank: int = 0, world_size: int = 1
-) -> TrainBatches:
-    sampler = EpochBatchSampler(len(y), config.train.batch_size, config.seed, shuffle=True, rank=rank, world_size=world_size)
-    if use_in_memory(config, x.nbytes + y.nbytes):
+def build_train_batches(split: SplitDataset, config: Config, device: torch.device, rank: int = 0, world_size: int = 1) -> TrainBatches:
+    """The training batches of `split` for this rank: a whole-batch fast path when the split has one and
+    `data.in_memory` allows it, else a DataLoader with `data.num_workers` workers."""
+    sampler = EpochBatchSampler(len(split), config.train.batch_size, config.seed, shuffle=True, rank=rank, world_size=world_size)
+    if isinstance(split, ArraySplit) and use_in_memory(config, split.nbytes):
         target = device if (config.data.on_device and device.type != "cpu") else None
-        return InMemoryBatches(x, y, sampler, config.seed, config.data.augment, target, pin_memory=device.type == "cuda")
-    dataset = ArrayDataset(x, y, seed=config.seed, augment=config.data.augment if is_active(config.data.augment) else None)
-    return DataLoaderBatches(dataset, sampler, config, device)
+        return InMemoryBatches(split, sampler, target, pin_memory=device.type == "cuda")
+    # A split without resident arrays has no size to compare with the budget: `auto` uses its fast path.
+    if split.get_batch is not None and not isinstance(split, ArraySplit) and use_in_memory(config, 0):
+        return GetBatchBatches(split, sampler)
+    return DataLoaderBatches(split, sampler, config, device)
 
 
-def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-    """Sequential batches over this rank's contiguous shard of a split: every sample exactly once overall."""
-    idx = np.array_split(np.arange(len(y)), world_size)[rank]
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
-    for i in range(0, len(idx), batch_size):
-        sel = torch.from_numpy(idx[i : i + batch_size])
-        yield xt[sel], yt[sel]
+def eval_batches(split: SplitDataset, batch_size: int, rank: int = 0, world_size: int = 1, config: Config | None = None) -> Iterator[Batch]:
+    """Sequential batches over this rank's contiguous shard of a split: every sample exactly once overall.
+
+    Plain `int` keys (no random transforms); a split with `get_batch` is gathered whole-batch, any
+    other through a DataLoader with `data.num_workers` workers (from `config`, else none)."""
+    idx = np.array_split(np.arange(len(split)), world_size)[rank]
+    chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    if split.get_batch is not None:
+        for sel in chunks:
+            yield split.get_batch(sel, None)
+        return
+    workers = config.data.num_workers if config is not None else 0
+    loader = DataLoader(
+        split,
+        batch_sampler=[[int(i) for i in sel] for sel in chunks],
+        collate_fn=split.collate,
+        num_workers=workers,
+        prefetch_factor=config.data.prefetch_factor if (config is not None and workers > 0) else None,
+    )
+    yield from loader

@@ -1,7 +1,11 @@
-"""Preprocessing as a separate, cached step: deterministic split + normalisation fitted on train only.
+"""`prepare(config)`: the prepared dataset of a config, whatever its source (see `data/dataset.py`).
 
-The cache key is a fingerprint of the source content and every setting that changes the result,
-so editing a training hyperparameter never re-prepares and editing a preprocessing one always does.
+Array sources (scikit-learn sets, CSV, NPZ, synthetic, `@register_source` functions) are split and
+normalised here (fitted on train only) and cached as one file; `PreparedData` is their
+`PreparedDataset`. The cache key is a fingerprint of the source content and every setting that
+changes the result, so editing a training hyperparameter never re-prepares and editing a
+preprocessing one always does. Sources registered with `@register_dataset` and user `Dataset`
+classes by import path prepare themselves.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from taktstock.config.schema import Config
+from taktstock.config.schema import AugmentConfig, Config
+from taktstock.data.dataset import FieldSpec, PreparedDataset, Spec, dataset_source
+from taktstock.data.datasets import ArraySplit
 from taktstock.data.sources import cheap_fingerprint, load_source
 from taktstock.errors import ConfigError
+from taktstock.utils.imports import is_import_path
 
 PREP_VERSION = 2  # bump when the split or normalisation algorithm changes: invalidates caches
 SPLITS = ("train", "val", "test")
+TABLE_SOURCES = ("csv", "parquet")  # data/tables.py; index encoding prepares them as dict samples
 
 
 @dataclass
@@ -32,22 +40,37 @@ class Normalizer:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, kind: str) -> Normalizer:
+    def fit(cls, x: np.ndarray, kind: str, chunk_rows: int = 1 << 16) -> Normalizer:
+        """Fit on `x` (training rows). Per-feature statistics are accumulated in float64 over row chunks, so
+        memory stays at one chunk however large the split; the sums run row by row in the same order as
+        numpy's axis-0 reduction of the whole array, so the result is bit-identical to it."""
         shape = x.shape[1:]
         if kind == "none" or len(x) == 0:
             return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
-        x = x.astype(np.float64)  # float32 sums drift on large splits
-        if kind == "standard":
-            shift, scale = x.mean(0), x.std(0)
-        elif kind == "global":
-            shift, scale = np.full(shape, x.mean()), np.full(shape, x.std())
-        else:  # minmax
-            shift, scale = x.min(0), x.max(0) - x.min(0)
+        flat = x.reshape(len(x), -1)
+        if kind == "minmax":  # exact in float32: a cast to float64 preserves the order of the values
+            lo, hi = flat.min(0).astype(np.float64), flat.max(0).astype(np.float64)
+            shift, scale = lo, hi - lo
+        elif kind == "global" or flat.shape[1] == 1:
+            # One pairwise sum over all values (not row-ordered): only the whole float64 copy reproduces it.
+            x64 = flat.astype(np.float64)  # float32 sums drift on large splits
+            if kind == "global":
+                shift, scale = np.full(flat.shape[1], x64.mean()), np.full(flat.shape[1], x64.std())
+            else:
+                shift, scale = x64.mean(0), x64.std(0)
+        else:  # standard: numpy's std is sqrt(mean((x - mean) ** 2)), two passes
+            n = len(flat)
+            shift = _row_sum(flat, chunk_rows, lambda c: c) / n
+            scale = np.sqrt(_row_sum(flat, chunk_rows, lambda c: _squared_deviation(c, shift)) / n)
         # Constant features (e.g. blank image corners) would divide by zero.
         scale = np.where(scale > 1e-8, scale, 1.0)
-        return cls(shift.astype(np.float32), scale.astype(np.float32))
+        return cls(shift.reshape(shape).astype(np.float32), scale.reshape(shape).astype(np.float32))
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
+    def apply(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """(x - shift) / scale as float32; `inplace` overwrites a float32 `x` (no temporaries, same values)."""
+        if inplace and x.dtype == np.float32:
+            np.subtract(x, self.shift, out=x)
+            return np.divide(x, self.scale, out=x)
         return ((x - self.shift) / self.scale).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,7 +83,7 @@ class Normalizer:
 
 @dataclass
 class PreparedData:
-    """Split, normalised arrays and what is needed to rebuild the model head and preprocess new data."""
+    """The in-memory `PreparedDataset`: split, normalised arrays and what predict needs for new data."""
 
     arrays: dict[str, tuple[np.ndarray, np.ndarray]]
     normalizer: Normalizer
@@ -69,14 +92,21 @@ class PreparedData:
     feature_names: list[str]
     fingerprint: str
     path: Path
+    task: str = "classification"
+    seed: int = 0
+    augment: AugmentConfig | None = None  # training-split augmentation (not part of the cache)
     table: dict[str, Any] | None = None  # a table source's fitted encoding (data/tables.py), as JSON
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.arrays["train"][0].shape[1:])
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        return self.arrays[name]
+    def split(self, name: str) -> ArraySplit:
+        x, y = self.arrays[name]
+        return ArraySplit(x, y, self.seed, self.augment if name == "train" else None)
+
+    def spec(self) -> Spec:
+        return {"inputs": FieldSpec(self.input_shape, "float32")}
 
     def nbytes(self) -> int:
         return sum(x.nbytes + y.nbytes for x, y in self.arrays.values())
@@ -89,7 +119,24 @@ class PreparedData:
             "num_outputs": self.num_outputs,
             "class_names": self.class_names,
             "feature_names": self.feature_names,
+            "spec": {k: v.to_dict() for k, v in self.spec().items()},
         } | ({"table": self.table} if self.table is not None else {})
+
+
+def _row_sum(x: np.ndarray, chunk_rows: int, term: Any) -> np.ndarray:
+    """Column sums of `term(float64 rows)`, added row after row across chunks: the running total is the first
+    row of each chunk's reduction, which keeps numpy's sequential axis-0 order (and so its exact result)."""
+    total = np.zeros(x.shape[1], np.float64)
+    for start in range(0, len(x), chunk_rows):
+        rows = term(x[start : start + chunk_rows].astype(np.float64))
+        total = np.concatenate([total[None], rows]).sum(0)
+    return total
+
+
+def _squared_deviation(rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(rows - mean) ** 2 in place on a float64 chunk, with the ufuncs numpy's std uses."""
+    np.subtract(rows, mean, out=rows)
+    return np.multiply(rows, rows, out=rows)
 
 
 def fingerprint(config: Config, source_fp: str) -> str:
@@ -107,10 +154,31 @@ def fingerprint(config: Config, source_fp: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare(config: Config, verbose: bool = False) -> PreparedData:
-    """Return the prepared splits, computing and caching them only when the fingerprint is new."""
-    raw = None
-    source_fp = cheap_fingerprint(config)
+def prepare(config: Config, verbose: bool = False) -> PreparedDataset:
+    """The prepared dataset of `config`: a registered dataset source, a user Dataset class, or cached arrays."""
+    builder = dataset_source(config.data.source)
+    if builder is not None:
+        return builder(config)
+    if config.data.source in TABLE_SOURCES and config.data.categorical_encoding == "index":
+        from taktstock.data.table_dataset import prepare_index_table
+
+        return prepare_index_table(config)
+    if is_import_path(config.data.source):
+        from taktstock.data.user_dataset import prepare_user_source
+
+        return prepare_user_source(config, verbose=verbose)
+    return prepare_arrays(config, verbose=verbose)
+
+
+def prepare_arrays(config: Config, verbose: bool = False, raw: Any = None) -> PreparedData:
+    """Array sources: the prepared splits, computed and cached only when the fingerprint is new."""
+    data = _prepare_arrays(config, verbose, raw)
+    data.task, data.seed, data.augment = config.task, config.seed, config.data.augment
+    return data
+
+
+def _prepare_arrays(config: Config, verbose: bool, raw: Any) -> PreparedData:
+    source_fp = raw.fingerprint if raw is not None else cheap_fingerprint(config)
     if source_fp is None:
         raw = load_source(config)
         source_fp = raw.fingerprint
@@ -175,8 +243,10 @@ def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], fea
             rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
             raise ConfigError(f"data.source: {int(bad.sum())} samples of {config.data.source} have NaN/Inf {what} (rows {rows}...)")
     parts = _split_indices(config, y)
-    norm = Normalizer.fit(x[parts["train"]], config.data.normalize)
-    arrays = {s: (norm.apply(x[parts[s]]), y[parts[s]]) for s in SPLITS}
+    # Each split is a fresh copy (fancy indexing), so the normalisation is applied to it in place.
+    arrays = {s: (x[parts[s]], y[parts[s]]) for s in SPLITS}
+    norm = Normalizer.fit(arrays["train"][0], config.data.normalize)
+    arrays = {s: (norm.apply(sx, inplace=True), sy) for s, (sx, sy) in arrays.items()}
     if config.task == "classification":
         num_outputs = int(y.max()) + 1 if len(y) else 0
         if config.loss.name == "bce_with_logits":
@@ -214,5 +284,5 @@ def _load(path: Path, fp: str) -> PreparedData:
         meta["feature_names"],
         fp,
         path,
-        meta.get("table"),
+        table=meta.get("table"),
     )

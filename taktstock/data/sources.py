@@ -1,7 +1,8 @@
-"""Raw data sources: bundled scikit-learn sets, CSV, NPZ, synthetic, and user datasets by import path.
+"""Array sources: bundled scikit-learn sets, CSV, NPZ, synthetic, and user functions by import path.
 
-A source returns the full, unsplit data as arrays plus a fingerprint of its content, so the
-prepared cache is invalidated exactly when the source changes.
+An array source returns the full, unsplit data as arrays plus a fingerprint of its content, so the
+prepared cache is invalidated exactly when the source changes. (User `Dataset` classes are used
+lazily instead, see `data/user_dataset.py`; other sources plug in with `@register_dataset`.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
+from taktstock.registry import SOURCES
 from taktstock.utils.imports import import_object, is_import_path
 
 
@@ -35,7 +37,7 @@ class RawData:
     encode: Callable[[np.ndarray], tuple[np.ndarray, dict[str, Any]]] | None = None
 
 
-_SOURCES: dict[str, Callable[[Config], RawData]] = {}
+_SOURCES = SOURCES  # the registry config validation asks; entries are loader functions
 # Sources whose fingerprint is known without loading the data (lets a prepared-cache hit skip the load
 # and, for the scikit-learn sets, the ~1 s import of scikit-learn).
 _CHEAP_FINGERPRINTS: dict[str, Callable[[Config], str]] = {}
@@ -45,18 +47,20 @@ def register_source(name: str) -> Callable[[Callable[[Config], RawData]], Callab
     """Decorator: make a loader function available as `data.source: <name>`."""
 
     def decorate(fn: Callable[[Config], RawData]) -> Callable[[Config], RawData]:
-        _SOURCES[name] = fn
-        return fn
+        return _SOURCES.register(name, fn)
 
     return decorate
 
 
 def check_source_name(name: str) -> None:
     """Raise `ConfigError` for a source that is neither registered nor an import path."""
-    if not is_import_path(name) and name not in _SOURCES:
+    from taktstock.data.dataset import dataset_source, registered_datasets
+
+    if not is_import_path(name) and _SOURCES.find(name) is None and dataset_source(name) is None:
+        known = sorted({*_SOURCES.names(), *registered_datasets()})
         raise ConfigError(
-            f"data.source: unknown source '{name}' (choose from {', '.join(sorted(_SOURCES))} or use 'module:Class'; "
-            "a source registered with @register_source needs its module listed under plugins)"
+            f"data.source: unknown source '{name}' (choose from {', '.join(known)} or use 'module:Class'; "
+            "a source registered with @register_source or @register_dataset needs its module listed under plugins)"
         )
 
 
@@ -65,7 +69,7 @@ def load_source(config: Config) -> RawData:
     check_source_name(name)
     if is_import_path(name):
         return _user_source(config)
-    return _SOURCES[name](config)
+    return _SOURCES.get(name).obj(config)
 
 
 def cheap_fingerprint(config: Config) -> str | None:
@@ -109,20 +113,18 @@ def _require_file(config: Config) -> Path:
         raise ConfigError(f"data.path: required for data.source={config.data.source}")
     path = Path(config.data.path)
     if not path.is_file():
-        raise ConfigError(f"data.path: file not found: {path}")
+        where = "" if path.is_absolute() else f" (relative paths are read from the working directory, {Path.cwd()})"
+        raise ConfigError(f"data.path: file not found: {path}{where}")
     return path
 
 
 @register_source("csv")
 @register_source("parquet")
 def load_table_source(config: Config) -> RawData:
-    """A table (CSV, TSV, .gz, Parquet): typed columns encoded by `data.tables`, fitted on the training split in prepare."""
+    """A table (CSV, TSV, .gz, Parquet): typed columns encoded by `data.tables`, fitted on the training split in prepare.
+    (With `data.categorical_encoding: index`, `prepare` uses `data.table_dataset` instead.)"""
     from taktstock.data.tables import load_table, table_encoder_fn, table_fingerprint
 
-    if config.data.categorical_encoding == "index":
-        raise ConfigError(
-            "data.categorical_encoding: 'index' (for the tabular model's embeddings) is not wired into training yet; use onehot"
-        )
     loaded = load_table(config)
     return RawData(
         np.empty((len(loaded.y), 0), np.float32),
@@ -222,35 +224,36 @@ def _synthetic_fingerprint(config: Config) -> str:
 _CHEAP_FINGERPRINTS["synthetic"] = _synthetic_fingerprint
 
 
-def _user_source(config: Config) -> RawData:
-    """A user Dataset class (items are (x, y)) or a function returning (x, y) arrays, by import path."""
+def construct_user_source(config: Config) -> tuple[Any, Any]:
+    """(imported object, what calling it with data.kwargs produced) for `data.source: module:Name`."""
     obj = import_object(config.data.source, "data.source")
     try:
         produced: Any = obj(**config.data.kwargs)
     except TypeError as exc:
         raise ConfigError(f"data.kwargs: cannot construct {config.data.source} ({exc})") from None
-    if isinstance(produced, tuple) and len(produced) == 2:
-        x, y = (np.asarray(a) for a in produced)
-    else:
-        if not hasattr(produced, "__len__") or not hasattr(produced, "__getitem__"):
-            raise ConfigError(f"data.source: {config.data.source} must be a Dataset (len + indexing) or return (x, y) arrays")
-        items = [produced[i] for i in range(len(produced))]
-        bad = next((item for item in items if not (isinstance(item, (tuple, list)) and len(item) == 2)), None)
-        if bad is not None:
-            # Dict samples would be unpacked into their keys: say what is expected instead.
-            raise ConfigError(
-                f"data.source: items of {config.data.source} must be (inputs, target) pairs, got {type(bad).__name__}; "
-                "pack several inputs into one array and split them in a custom train.step_fn (see docs/custom-code.md)"
-            )
-        try:
-            x = np.stack([np.asarray(a) for a, _ in items])
-        except ValueError as exc:
-            raise ConfigError(f"data.source: inputs of {config.data.source} must all have the same shape ({exc})") from None
-        y = np.asarray([np.asarray(b) for _, b in items])
+    return obj, produced
+
+
+def source_code_hash(obj: Any) -> str:
+    """SHA-256 of a user source's code (edited code must not reuse a stale cache)."""
     try:
         code = inspect.getsource(obj)
     except (OSError, TypeError):
         code = ""
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def _user_source(config: Config) -> RawData:
+    """A user function by import path that returns (x, y) arrays (Dataset classes: `data/user_dataset.py`)."""
+    obj, produced = construct_user_source(config)
+    return user_arrays(config, obj, produced)
+
+
+def user_arrays(config: Config, obj: Any, produced: Any) -> RawData:
+    """The RawData of a user function's (x, y) arrays."""
+    if not (isinstance(produced, tuple) and len(produced) == 2):
+        raise ConfigError(f"data.source: {config.data.source} must be a Dataset (len + indexing) or return (x, y) arrays")
+    x, y = (np.asarray(a) for a in produced)
     fingerprint_fn = getattr(produced, "fingerprint", None)
     if callable(fingerprint_fn):
         extra = str(fingerprint_fn())
@@ -258,9 +261,8 @@ def _user_source(config: Config) -> RawData:
         h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
         h.update(np.ascontiguousarray(y).tobytes())
         extra = h.hexdigest()
-    fp = f"user:{config.data.source}:{json.dumps(config.data.kwargs, sort_keys=True, default=str)}:{hashlib.sha256(code.encode()).hexdigest()}:{extra}"
-    classes = [str(c) for c in getattr(produced, "classes", [])]
+    fp = f"user:{config.data.source}:{json.dumps(config.data.kwargs, sort_keys=True, default=str)}:{source_code_hash(obj)}:{extra}"
     if config.task == "regression":
         return RawData(x.astype(np.float32), y.astype(np.float32), fp)
     y_ids, found = _targets(y.tolist(), config)
-    return RawData(x.astype(np.float32), y_ids, fp, class_names=classes or found)
+    return RawData(x.astype(np.float32), y_ids, fp, class_names=found)

@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
 
 from taktstock.config.schema import Config
+from taktstock.data.dataset import FieldSpec, Key, Spec, SplitDataset, split_key
 from taktstock.data.prepare import SPLITS, Normalizer, _split_indices, fingerprint
 from taktstock.errors import ConfigError
 
 FIELDS = ("numeric", "categorical", "labels")
 
 
-class TableSplit(Dataset):
+class TableSplit(SplitDataset):
     """One split of a prepared, index-encoded table. Keys are ints or (epoch, index); nothing here is random."""
 
     def __init__(self, directory: Path, split: str) -> None:
@@ -47,17 +47,13 @@ class TableSplit(Dataset):
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        index = key[1] if isinstance(key, tuple) else key
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
+        _, index = split_key(key)
         return {f: torch.from_numpy(np.array(a[index])) for f, a in self.arrays().items()}
 
-    def get_batch(self, indices: np.ndarray, epoch: int | None = None) -> dict[str, torch.Tensor]:
+    def get_batch(self, indices: np.ndarray, epoch: int | None = None) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """The samples at `indices` as one batch (one gather per field instead of a per-sample collate)."""
         return {f: torch.from_numpy(a[np.asarray(indices)]) for f, a in self.arrays().items()}
-
-    @staticmethod
-    def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return default_collate(samples)
 
 
 @dataclass
@@ -74,12 +70,12 @@ class PreparedTable:
     def split(self, name: str) -> TableSplit:
         return TableSplit(self.directory, name)
 
-    def spec(self) -> dict[str, dict[str, Any]]:
+    def spec(self) -> Spec:
         """Input name -> shape and dtype; `cardinalities` sizes the tabular model's embeddings."""
-        table = self.meta["preprocessing"]
+        prep = self.meta["preprocessing"]
         return {
-            "numeric": {"shape": [len(table["feature_names"])], "dtype": "float32"},
-            "categorical": {"shape": [len(table["cardinalities"])], "dtype": "int64", "cardinalities": table["cardinalities"]},
+            "numeric": FieldSpec((len(prep["feature_names"]),), "float32"),
+            "categorical": FieldSpec((len(prep["cardinalities"]),), "int64", cardinalities=tuple(prep["cardinalities"])),
         }
 
     def preprocessing(self) -> dict[str, Any]:
@@ -116,13 +112,19 @@ def prepare_index_table(config: Config) -> PreparedTable:
         "class_names": loaded.class_names,
         "feature_names": encoder.output_names(),
     }
+    prepared = PreparedTable(config.task, num_outputs, loaded.class_names, fp, directory, {"preprocessing": preprocessing})
+    preprocessing["spec"] = {k: v.to_dict() for k, v in prepared.spec().items()}
     # Written to a temporary directory and renamed: parallel preparers race harmlessly, a crash leaves no half cache.
     tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for s in SPLITS:
         rows = parts[s]
-        arrays = {"numeric": norm.apply(encoded.features[rows]), "categorical": encoded.categories[rows], "labels": loaded.y[rows]}
+        arrays = {
+            "numeric": norm.apply(encoded.features[rows], inplace=True),
+            "categorical": encoded.categories[rows],
+            "labels": loaded.y[rows],
+        }
         for f in FIELDS:
             np.save(tmp / f"{s}_{f}.npy", np.ascontiguousarray(arrays[f]), allow_pickle=False)
         sizes[s] = len(rows)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from taktstock.checkpoint.atomic import atomic_write_bytes
 from taktstock.config.loader import config_to_yaml
 from taktstock.deploy.model import LoadedRun, load_run
 from taktstock.errors import UserError
+from taktstock.utils.atomic import atomic_write_bytes
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4

@@ -6,7 +6,6 @@ module as buffers, so every exported or registered form of the model takes raw, 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from taktstock.config.loader import load_config
+from taktstock.checkpoint.trained import load_trained_model
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
-from taktstock.run_dir import RunDir
 
 
 class InferenceModel(nn.Module):
@@ -34,19 +32,39 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape((-1, *self.input_shape))
-        y = self.model((x - self.shift) / self.scale)
-        if self.output == "softmax":
-            return torch.softmax(y, dim=-1)
-        if self.output == "sigmoid":
-            return torch.sigmoid(y)
-        return y
+        return activate(self.model((x - self.shift) / self.scale), self.output)
+
+
+class TableInferenceModel(nn.Module):
+    """Index-encoded tables: (numeric [batch, n] encoded, not yet normalised; categorical [batch, k] level
+    indices, 0 = unknown) -> normalise the numeric part -> model -> outputs."""
+
+    def __init__(self, model: nn.Module, shift: torch.Tensor, scale: torch.Tensor, output: str) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("shift", shift.float())
+        self.register_buffer("scale", scale.float())
+        self.input_shape = tuple(shift.shape)
+        self.output = output
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return activate(self.model((numeric - self.shift) / self.scale, categorical), self.output)
+
+
+def activate(y: torch.Tensor, output: str) -> torch.Tensor:
+    """Logits -> what inference returns: probabilities ("softmax", "sigmoid") or the values ("identity")."""
+    if output == "softmax":
+        return torch.softmax(y, dim=-1)
+    if output == "sigmoid":
+        return torch.sigmoid(y)
+    return y
 
 
 @dataclass
 class LoadedRun:
     config: Config
     preprocessing: dict[str, Any]
-    model: InferenceModel
+    model: InferenceModel | TableInferenceModel
 
     @property
     def num_features(self) -> int:
@@ -67,30 +85,14 @@ class LoadedRun:
         return (self.model.shift + self.model.scale * noise).reshape(n, -1)
 
 
-def weights_path(run: RunDir, checkpoint: str) -> Path:
-    weights = {"best": run.best, "last": run.model}.get(checkpoint)
-    if weights is None:
-        raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
-    if not weights.is_file():
-        raise ConfigError(f"{run.root} has no trained weights ({weights.name} missing; has training finished?)")
-    return weights
+def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool = False) -> LoadedRun:
+    """Build the inference model of a run from its config, preprocessing.json and weights (no data needed).
 
-
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
-    """Build the inference model of a run from its config, preprocessing.json and weights (no data needed)."""
-    from taktstock.models.registry import build_model
-    from taktstock.training.components import load_weights
-
-    run = RunDir(Path(run_dir))
-    if not run.config.is_file():
-        raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
-    if not run.preprocessing.is_file():
-        raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
-    config = load_config(run.config)
-    prep = json.loads(run.preprocessing.read_text())
-    shape = tuple(prep["input_shape"])
-    net = build_model(config.model.name, config.model.params(), shape, prep["num_outputs"])
-    load_weights(net, weights_path(run, checkpoint))
+    `table_fields`: a run on an index-encoded table gets a `TableInferenceModel` taking (numeric, categorical)
+    (predict); without it such a run is refused, since export and deployment take one float matrix."""
+    trained = load_trained_model(run_dir, checkpoint)
+    config, prep = trained.config, trained.preprocessing
+    spec = prep.get("spec") or {"inputs": {"shape": prep["input_shape"], "dtype": "float32"}}
     if config.task == "regression":
         output = "identity"
     else:
@@ -98,5 +100,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
     norm = prep["normalizer"]
     shift = torch.tensor(norm["shift"], dtype=torch.float32)
     scale = torch.tensor(norm["scale"], dtype=torch.float32)
-    model = InferenceModel(net, shift, scale, shape, output).eval()
+    if "table" in prep and set(spec) == {"numeric", "categorical"}:
+        if not table_fields:
+            raise ConfigError(
+                f"{run_dir}: export takes one float matrix; this run's table is index-encoded (numeric and categorical "
+                "inputs): train with data.categorical_encoding=onehot to export it, or use predict"
+            )
+        return LoadedRun(config, prep, TableInferenceModel(trained.model, shift, scale, output).eval())
+    if set(spec) != {"inputs"} or spec["inputs"]["dtype"] != "float32":
+        fields = ", ".join(f"{k} ({v['dtype']})" for k, v in spec.items())
+        raise ConfigError(f"{run_dir}: predict and export take rows of float features; this run's samples have the fields {fields}")
+    model = InferenceModel(trained.model, shift, scale, tuple(prep["input_shape"]), output).eval()
     return LoadedRun(config, prep, model)

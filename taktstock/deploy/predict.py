@@ -18,13 +18,14 @@ from taktstock.deploy.model import LoadedRun, load_run
 from taktstock.errors import UserError
 
 
-def read_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
-    """Raw inputs as a float32 [rows, features] array."""
+def read_inputs(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
+    """The model's inputs from raw rows: a float32 [rows, features] array, plus the int64 [rows, columns]
+    level indices for a run on an index-encoded table."""
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
     if "table" in loaded.preprocessing:
-        x = _read_table_rows(path, loaded)
-    elif path.suffix == ".npz":
+        return _read_table_rows(path, loaded)
+    if path.suffix == ".npz":
         x = _read_npz(path)
     elif path.suffix == ".csv":
         x = _read_csv(path, loaded)
@@ -33,10 +34,10 @@ def read_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
     x = x.reshape(len(x), -1)
     if x.shape[1] != loaded.num_features:
         raise UserError(f"{path}: rows have {x.shape[1]} values, the model expects {loaded.num_features}")
-    return x
+    return (x,)
 
 
-def _read_table_rows(path: Path, loaded: LoadedRun) -> np.ndarray:
+def _read_table_rows(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
     """Raw table rows (target absent, gaps and unseen levels allowed) encoded exactly as in training."""
     from taktstock.data.tables import TableEncoder, read_table, report_unknown
 
@@ -47,7 +48,9 @@ def _read_table_rows(path: Path, loaded: LoadedRun) -> np.ndarray:
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     report_unknown(encoded.unknown, str(path))
-    return encoded.features
+    if encoder.encoding == "index":
+        return encoded.features, encoded.categories
+    return (encoded.features,)
 
 
 def _read_npz(path: Path) -> np.ndarray:
@@ -86,12 +89,14 @@ def _read_csv(path: Path, loaded: LoadedRun) -> np.ndarray:
 
 def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024) -> tuple[list[str], list[list]]:
     """(CSV header, rows): the predicted class name and per-class probabilities, or the predicted value."""
-    loaded = load_run(run_dir, checkpoint)
-    x = torch.from_numpy(read_inputs(Path(input_path), loaded))
+    loaded = load_run(run_dir, checkpoint, table_fields=True)
+    inputs = [torch.from_numpy(a) for a in read_inputs(Path(input_path), loaded)]
+    n = len(inputs[0])
     with torch.no_grad():
-        out = torch.cat([loaded.model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+        batches = [loaded.model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, n, batch_size)]
+    out = torch.cat(batches) if batches else torch.empty(0)
     if loaded.config.task == "regression":
-        values = out.reshape(len(x), -1)
+        values = out.reshape(n, -1)
         header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
         return header, values.tolist()
     classes = loaded.class_names

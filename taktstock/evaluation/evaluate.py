@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from taktstock.checkpoint.manager import load_checkpoint
+from taktstock.checkpoint.trained import load_trained_model as load_trained_model_of
 from taktstock.config.loader import load_config
 from taktstock.data.loaders import eval_batches
 from taktstock.data.prepare import prepare
@@ -16,33 +16,23 @@ from taktstock.errors import ConfigError
 from taktstock.evaluation.loop import run_eval
 from taktstock.metrics.collection import EpochMetrics
 from taktstock.run_dir import RunDir
-from taktstock.training import components
-from taktstock.training.distributed import DistEnv
+from taktstock.training.components import step_fn_for
+from taktstock.training.losses import build_loss
+from taktstock.training.precision import autocast_factory
 
 
 def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.device | None = None) -> tuple[Any, Any, Any]:
-    """(config, prepared data, model in eval mode with the chosen weights)."""
-    if not run.config.is_file():
-        raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
-    weights = {"best": run.best, "last": run.model}.get(checkpoint)
-    if weights is None:
-        raise ConfigError(f"--checkpoint: expected best or last, got '{checkpoint}'")
-    config = load_config(run.config)
-    data = prepare(config)
-    if device is None:
+    """(config, prepared data, model in eval mode with the chosen weights) on the run's device."""
+    from taktstock.training.device import select_device
+
+    config = load_config(run.config) if run.config.is_file() else None
+    if device is None and config is not None:
         try:  # train.device: the GPU when there is one
-            device = components.select_device(config, DistEnv())
+            device = select_device(config.train.device)
         except ConfigError:  # trained on an accelerator this machine lacks
             device = torch.device("cpu")
-    model = components.build_model_for(config, data, device, DistEnv())[0]
-    if weights.is_file():
-        components.load_weights(model, weights)
-    elif (run.checkpoints / "last.pt").is_file():  # training interrupted before final weights were written
-        model.load_state_dict(load_checkpoint(run.checkpoints / "last.pt")["model"])
-    else:
-        raise ConfigError(f"{run.root} has no trained weights yet ({weights.name} missing)")
-    model.eval()
-    return config, data, model
+    trained = load_trained_model_of(run, checkpoint, device)
+    return trained.config, prepare(trained.config), trained.model
 
 
 def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test", quiet: bool = False) -> dict[str, float]:
@@ -52,20 +42,20 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
         raise ConfigError(f"--split: expected train, val or test, got '{split}'")
     config, data, model = load_trained_model(run, checkpoint)
     device = next(model.parameters()).device
-    x, y = data.split(split)
-    if len(y) == 0:
+    part = data.split(split)
+    if len(part) == 0:
         raise ConfigError(f"--split: the {split} split is empty (see data.{split}_fraction)")
     metrics = EpochMetrics(config, data.num_outputs, device, prefix=split)
     outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
     size = config.train.eval_batch_size or config.train.batch_size
     values = run_eval(
         model,
-        eval_batches(x, y, size),
-        components.build_loss_for(config, device),
+        eval_batches(part, size, config=config),
+        build_loss(config.loss).to(device),
         metrics,
         device,
-        components.autocast_for(config, device),
-        components.step_fn_for(config),
+        autocast_factory(config.train.precision, device),
+        step_fn_for(config.train),
         collect=outputs,
     )
     run.eval_dir.mkdir(parents=True, exist_ok=True)

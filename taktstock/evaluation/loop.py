@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taktstock.metrics.collection import EpochMetrics
+from taktstock.metrics.collection import EpochMetrics, real_positions
 from taktstock.training.step import StepFn, batch_size_of, normalize_step_output, to_device
 
 
@@ -35,6 +35,7 @@ def run_eval(
             if out is not None and target is not None:
                 metrics.update(out, target, loss)
                 if collect is not None:
+                    out, target = real_positions(out, target)
                     collect.append((out.detach().float().cpu(), target.cpu()))
             else:
                 metrics.update_loss(loss, batch_size_of(batch))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from taktstock.registry import METRICS
+
 if TYPE_CHECKING:
     import torch
 
@@ -28,12 +30,25 @@ def metric_names(config: Config) -> list[str]:
     return names
 
 
+# Config validation checks metrics.monitor against this list (through the registry, not by importing metrics).
+METRICS.register("monitor_names", metric_names)
+
+
 def class_scores(output: torch.Tensor) -> torch.Tensor:
     """Logits -> per-class scores; a single binary logit becomes two columns [-z, z]."""
     if output.ndim == 1 or output.shape[-1] == 1:
         z = output.reshape(-1, 1)
         return __import__("torch").cat([-z, z], dim=1)
     return output
+
+
+def real_positions(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position (B, T, V) logits and (B, T) labels -> (N, V) and (N,) over the real tokens (labels != -100);
+    other outputs unchanged. Padding never counts in a metric."""
+    if not (target.ndim >= 2 and output.ndim == target.ndim + 1 and not target.is_floating_point()):
+        return output, target
+    keep = target.reshape(-1) != -100
+    return output.reshape(-1, output.shape[-1])[keep], target.reshape(-1)[keep]
 
 
 class EpochMetrics:
@@ -86,6 +101,7 @@ class EpochMetrics:
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         if not self._built:
             self._build()
+        output, target = real_positions(output, target)
         weight = target.shape[0] if self.class_weights is None else self.class_weights[target].sum()
         self.loss.update(loss.detach(), weight=weight)
         out = output.detach().float()

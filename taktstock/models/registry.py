@@ -13,8 +13,7 @@ from taktstock.utils.imports import import_object, is_import_path
 
 _MODELS: dict[str, type[nn.Module]] = {}
 
-# Arguments the trainer supplies from the data, never from the config (cardinalities: embedding sizes of a
-# table's categorical columns, for model.name=tabular).
+# Arguments the trainer supplies from the data, never from the config.
 INJECTED_ARGS = ("input_shape", "num_outputs", "cardinalities")
 
 
@@ -63,12 +62,21 @@ def constructor_params(cls: type) -> dict[str, inspect.Parameter]:
 
 
 def build_model(
-    name: str, params: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int, cardinalities: list[int] | None = None
+    name: str,
+    params: dict[str, Any],
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    vocab_size: int | None = None,
+    cardinalities: list[int] | None = None,
 ) -> nn.Module:
-    """Instantiate a model, passing the data-derived shape arguments the class accepts."""
+    """Instantiate a model, passing the data-derived arguments the class accepts (from the sample spec):
+    `input_shape`, `num_outputs`, for token inputs `vocab_size` unless the config sets it, and for
+    index-encoded tables `cardinalities` (embedding rows per categorical column)."""
     cls = get_model_class(name)
     sig = inspect.signature(cls.__init__).parameters
     injected: dict[str, Any] = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
+    if vocab_size is not None:
+        injected["vocab_size"] = vocab_size
     if cardinalities is not None:
         injected["cardinalities"] = list(cardinalities)
     kwargs = {k: v for k, v in injected.items() if k in sig}

@@ -32,7 +32,7 @@ from airflow.sdk import DAG
 # Shell prefix of every task: the project directory and the interpreter that has taktstock installed.
 SETUP = {setup!r}
 TAKTSTOCK = {cli!r}
-CONFIG = {config_q!r}
+CONFIG = {config_q!r}  # the experiment file and its command-line overrides
 # One run directory per DAG run (run ids contain ':' and '+', which are replaced).
 RUN_DIR = {run_base!r} + "/{{{{ run_id | replace(':', '-') | replace('+', '_') }}}}"
 
@@ -73,9 +73,12 @@ def _package_path() -> str | None:
     return None if parent.name in ("site-packages", "dist-packages") else str(parent)
 
 
-def generate(config_path: Path, project: Path, python: str | None = None) -> tuple[str, str]:
-    """(dag id, DAG file text) for `config_path`; tasks run in `project` with `python` (default: this interpreter)."""
-    config = load_config(config_path)
+def generate(config_path: Path, project: Path, python: str | None = None, overrides: list[str] | None = None) -> tuple[str, str]:
+    """(dag id, DAG file text) for `config_path`; tasks run in `project` with `python` (default: this interpreter).
+
+    `overrides` (key.path=value) are applied here and passed on to the prepare and train tasks.
+    """
+    config = load_config(config_path, overrides)
     p = config.pipeline
     try:
         start = date.fromisoformat(p.start_date)
@@ -91,10 +94,10 @@ def generate(config_path: Path, project: Path, python: str | None = None) -> tup
     ident = dag_id(config.experiment.name)
     text = TEMPLATE.format(
         name=config.experiment.name,
-        config=config_path,
+        config=shlex.join([str(config_path), *(overrides or [])]),
         setup=setup,
         cli=f"{shlex.quote(python or sys.executable)} -m taktstock",
-        config_q=shlex.quote(str(config_abs)),
+        config_q=" ".join(shlex.quote(a) for a in [str(config_abs), *(overrides or [])]),
         run_base=str(run_base),
         dag_id=ident,
         description=f"taktstock: prepare, train, evaluate and promote {config.experiment.name}",

@@ -77,8 +77,11 @@ def _uncached(paths: list[str]) -> list[dict[str, dict[str, bool]]]:
     return [{p: {"cache": False}} for p in paths]
 
 
-def generate(config_path: Path, project: Path, python: str = "python") -> str:
-    """The dvc.yaml text for `config_path`, with paths relative to `project` (where dvc.yaml lives)."""
+def generate(config_path: Path, project: Path, python: str = "python", overrides: list[str] | None = None) -> str:
+    """The dvc.yaml text for `config_path`, with paths relative to `project` (where dvc.yaml lives).
+
+    `overrides` (key.path=value) are applied here and passed on to the prepare and train commands.
+    """
     project = project.resolve()
     try:
         cfg_rel = Path(os.path.relpath(config_path.resolve(), project))
@@ -87,16 +90,19 @@ def generate(config_path: Path, project: Path, python: str = "python") -> str:
     if cfg_rel.parts and cfg_rel.parts[0] == "..":
         raise UserError(f"{config_path} is outside {project}: DVC tracks only files inside the project")
     raw, _ = read_yaml(config_path)
-    config = load_config(config_path)
-    return yaml.safe_dump(_stages(config, raw, cfg_rel.as_posix(), project, python), sort_keys=False, width=200)
+    config = load_config(config_path, overrides)
+    return yaml.safe_dump(_stages(config, raw, cfg_rel.as_posix(), project, python, overrides or []), sort_keys=False, width=200)
 
 
-def _stages(config: Config, raw: dict[str, Any], cfg: str, project: Path, python: str) -> dict[str, Any]:
+def _stages(config: Config, raw: dict[str, Any], cfg: str, project: Path, python: str, overrides: list[str]) -> dict[str, Any]:
     base = pipeline_dir(config).as_posix()
     prepared, run = f"{base}/prepared", f"{base}/run"
     cli = f"{shlex.quote(python)} -m taktstock"
     q = shlex.quote
     cfg_params = lambda keys: [{cfg: keys}] if keys else []  # noqa: E731
+    # Before the pipeline's own data.cache_dir: the stage paths win. A changed override changes the
+    # command, which DVC treats as a changed stage.
+    user = "".join(f" {q(o)}" for o in overrides)
 
     data_deps = []
     if config.data.source in ("csv", "npz") and config.data.path:
@@ -110,7 +116,7 @@ def _stages(config: Config, raw: dict[str, Any], cfg: str, project: Path, python
     if config.logging.tensorboard:
         volatile.append(f"{run}/tensorboard")
     train: dict[str, Any] = {
-        "cmd": f"{cli} train {q(cfg)} data.cache_dir={q(prepared)} --run-dir {q(run)}",
+        "cmd": f"{cli} train {q(cfg)}{user} data.cache_dir={q(prepared)} --run-dir {q(run)}",
         "deps": [prepared, *_code_deps(project, "train")],
         "params": cfg_params(train_keys),
         "outs": train_outs + _uncached(volatile),
@@ -129,7 +135,7 @@ def _stages(config: Config, raw: dict[str, Any], cfg: str, project: Path, python
 
     stages: dict[str, Any] = {
         "prepare": {
-            "cmd": f"{cli} prepare {q(cfg)} data.cache_dir={q(prepared)}",
+            "cmd": f"{cli} prepare {q(cfg)}{user} data.cache_dir={q(prepared)}",
             # Without any dependency DVC would re-run prepare every time; the config file is the fallback.
             "deps": [*data_deps, *_code_deps(project, "prepare")] or ([] if _present(raw, PREPARE_KEYS) else [cfg]),
             "params": cfg_params(_present(raw, PREPARE_KEYS)),

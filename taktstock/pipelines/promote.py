@@ -35,6 +35,7 @@ class Promotion:
     champion_value: float | None  # the previous champion's value (None: there was none)
     promoted: bool
     tracking_uri: str
+    already_champion: bool = False  # these weights were the champion before this promote
 
 
 def better(new: float, old: float, mode: str) -> bool:
@@ -106,13 +107,14 @@ def _promote(run: RunDir, config: Any, metric: str, mode: str, metrics: dict[str
     except MlflowException:
         champion = None
     old = _tagged_value(champion.tags, metric) if champion is not None else None
-    if champion is not None and int(champion.version) == version:
-        promoted, old = True, value  # already the champion
+    already = champion is not None and int(champion.version) == version
+    if already:
+        promoted, old = True, value
     else:
         promoted = champion is None or old is None or better(value, old, mode)
     client.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, str(version))
     client.set_model_version_tag(name, str(version), "taktstock.promoted", str(promoted).lower())
-    return Promotion(name, version, metric, value, old, promoted, uri)
+    return Promotion(name, version, metric, value, old, promoted, uri, already_champion=already)
 
 
 def _existing_version(client: Any, name: str, digest: str) -> int | None:

@@ -288,11 +288,17 @@ class MlflowTracker:
         import torch
 
         import taktstock
-        from taktstock.evaluation.evaluate import load_trained_model
+        from taktstock.checkpoint.trained import load_trained_model
+        from taktstock.data.loaders import eval_batches
+        from taktstock.data.prepare import prepare
 
-        _config, data, model = load_trained_model(run, "best")
-        x = data.split("val")[0] if len(data.split("val")[0]) else data.split("train")[0]
-        example = x[:4].astype("float32")
+        trained = load_trained_model(run, "best")
+        model, data = trained.model, prepare(trained.config)
+        split = data.split("val") if len(data.split("val")) else data.split("train")
+        inputs = next(eval_batches(split, 4))
+        inputs = {k: v for k, v in inputs.items() if k != "labels"} if isinstance(inputs, dict) else inputs[0]
+        # The signature is inferred from the example: float features stay float32, token ids int64.
+        example = {k: v.numpy() for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.numpy()
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         # Explicit requirements: inferring them would load the model in a subprocess (slow).

@@ -42,6 +42,8 @@ def run_summary(run: RunDir) -> dict[str, Any]:
     """What `taktstock runs` shows for one run, from run.json."""
     info = run.read_info()
     started, ended = info.get("started"), info.get("ended")
+    if info.get("steps") is None or info.get("best") is None:
+        info = _from_checkpoint(run, info)
     return {
         "run": run.root.name,
         "path": str(run.root),
@@ -53,6 +55,33 @@ def run_summary(run: RunDir) -> dict[str, Any]:
         "duration_s": round(ended - started, 1) if started and ended and ended >= started else None,
         "started": started,
     }
+
+
+def _from_checkpoint(run: RunDir, info: dict[str, Any]) -> dict[str, Any]:
+    """A run killed before it recorded steps and best (SIGKILL, OOM): both as of its newest checkpoint.
+
+    The steps are the newest checkpoint's (where --resume continues); the best is the best monitored
+    value logged up to that step (later points are dropped on resume).
+    """
+    try:
+        steps = int(json.loads((run.checkpoints / "last.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return info
+    out = {**info, "steps": info.get("steps") if info.get("steps") is not None else steps}
+    monitor = info.get("monitor")
+    if info.get("best") is None and monitor and run.metrics.is_file():
+        try:
+            mode = (yaml.safe_load(run.config.read_text()) or {}).get("metrics", {}).get("mode", "min")
+        except (OSError, yaml.YAMLError, AttributeError):
+            mode = "min"
+        try:
+            records = read_metrics(run.metrics)
+        except ValueError:  # a line cut by the kill
+            records = []
+        values = [r[monitor] for r in records if isinstance(r.get(monitor), int | float) and r.get("step", 0) <= steps]
+        if values:
+            out["best"] = max(values) if mode == "max" else min(values)
+    return out
 
 
 def _status(info: dict[str, Any]) -> str:
@@ -128,7 +157,9 @@ def compare_runs(paths: list[Path], metric: str | None = None, plot: Path | None
     comparison.metric = metric or runs[0].read_info().get("monitor") or "val/loss"
     records = {label: read_metrics(r.metrics) if r.metrics.is_file() else [] for label, r in zip(labels, runs, strict=True)}
     if not any(comparison.metric in rec for recs in records.values() for rec in recs):
-        raise UserError(f"compare --metric: no run logged '{comparison.metric}' (metrics: {', '.join(names) or 'none'})")
+        # Only metrics.jsonl has curves: the best value and evaluate's metrics are single numbers.
+        curves = sorted({k for recs in records.values() for rec in recs for k in rec if k not in ("step", "epoch")})
+        raise UserError(f"compare --metric: no run logged '{comparison.metric}' (curves: {', '.join(curves) or 'none'})")
     from taktstock.tracking.plots import overlay_curves
 
     out = Path(plot) if plot else Path(f"compare-{comparison.metric.replace('/', '_')}.png")

@@ -59,6 +59,17 @@ class DistEnv:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
         return bool(t.item())
 
+    def any_of(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag OR-ed over ranks, in one all-reduce (e.g. preemption and the checkpoint clock)."""
+        if not self.enabled:
+            return flags
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([int(f) for f in flags])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+        return tuple(bool(v) for v in t.tolist())
+
     def all_ranks(self, flag: bool, device: torch.device | None = None) -> bool:
         """True on every rank only when `flag` is true on all of them."""
         return not self.any_rank(not flag, device)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from taktstock.config.schema import Config
-from taktstock.errors import ConfigError
+from taktstock.config.schema import LossConfig
+from taktstock.registry import LOSSES
 from taktstock.utils.imports import import_object, is_import_path
-
-BUILTIN_LOSSES = ("cross_entropy", "mse", "l1", "smooth_l1", "huber", "bce_with_logits")
 
 
 def check_loss_name(name: str) -> None:
-    if name not in BUILTIN_LOSSES and not is_import_path(name):
-        raise ConfigError(f"loss.name: unknown loss '{name}' (choose from {', '.join(BUILTIN_LOSSES)} or use 'module:callable')")
+    if not is_import_path(name):
+        LOSSES.get(name, " or use 'module:callable'")
 
 
 class RegressionLoss(nn.Module):
@@ -41,21 +39,22 @@ class BCEWithLogits(nn.Module):
         return self.loss(pred.reshape(target.shape).float(), target.float())
 
 
-def build_loss(config: Config) -> nn.Module:
-    c = config.loss
+def _cross_entropy(c: LossConfig) -> nn.Module:
+    weight = torch.tensor(c.class_weights, dtype=torch.float32) if c.class_weights else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=c.label_smoothing)
+
+
+# The one declaration of the built-in losses and the task each is for (config.task and the loader ask here).
+LOSSES.register("cross_entropy", _cross_entropy, task="classification")
+LOSSES.register("bce_with_logits", lambda c: BCEWithLogits(), task="classification")
+for _name, _cls in (("mse", nn.MSELoss), ("l1", nn.L1Loss), ("smooth_l1", nn.SmoothL1Loss), ("huber", nn.HuberLoss)):
+    LOSSES.register(_name, lambda c, cls=_cls: RegressionLoss(cls()), task="regression")
+
+
+def build_loss(c: LossConfig) -> nn.Module:
+    """The loss of the `loss` section: a registered name or a user factory by import path."""
     check_loss_name(c.name)
-    if c.name == "cross_entropy":
-        weight = torch.tensor(c.class_weights, dtype=torch.float32) if c.class_weights else None
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=c.label_smoothing)
-    if c.name == "mse":
-        return RegressionLoss(nn.MSELoss())
-    if c.name == "l1":
-        return RegressionLoss(nn.L1Loss())
-    if c.name == "smooth_l1":
-        return RegressionLoss(nn.SmoothL1Loss())
-    if c.name == "huber":
-        return RegressionLoss(nn.HuberLoss())
-    if c.name == "bce_with_logits":
-        return BCEWithLogits()
+    if not is_import_path(c.name):
+        return LOSSES.get(c.name).obj(c)
     factory = import_object(c.name, "loss.name")
     return factory(**c.kwargs)

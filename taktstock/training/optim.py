@@ -4,44 +4,68 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from taktstock.config.schema import Config
+from taktstock.config.schema import Config, OptimConfig
 from taktstock.errors import ConfigError
+from taktstock.registry import OPTIMIZERS
 
 
-def _optimizers() -> dict[str, type[torch.optim.Optimizer]]:
-    return {
-        name.lower(): cls
-        for name, cls in vars(torch.optim).items()
-        if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
-    }
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What an optimizer accepts, read from its signature (config validation asks this, not torch)."""
+
+    cls: type[torch.optim.Optimizer]
+    accepted: frozenset[str]
+    needs_closure: bool  # step(closure) re-evaluates the loss (LBFGS): the training loop steps once per batch
+    sparse_only: bool  # every gradient must be sparse (SparseAdam: nn.Embedding(sparse=True) parameters only)
+
+    def kwargs(self, c: OptimConfig) -> dict[str, Any]:
+        """Constructor arguments: schema defaults (lr, weight_decay) only where the optimizer takes them
+        (LBFGS has no weight_decay; SparseAdam neither), plus the section's extra keys."""
+        out: dict[str, Any] = {"lr": c.lr} if "lr" in self.accepted else {}
+        if "weight_decay" in self.accepted:
+            out["weight_decay"] = c.weight_decay
+        return out | c.kwargs()
+
+
+for _cls in vars(torch.optim).values():
+    if inspect.isclass(_cls) and issubclass(_cls, torch.optim.Optimizer) and _cls is not torch.optim.Optimizer:
+        _params = frozenset(inspect.signature(_cls.__init__).parameters) - {"self", "params"}
+        _closure = inspect.signature(_cls.step).parameters.get("closure")
+        _needs_closure = _closure is not None and _closure.default is inspect.Parameter.empty
+        OPTIMIZERS.register(_cls.__name__.lower(), OptimizerSpec(_cls, _params, _needs_closure, _cls is torch.optim.SparseAdam))
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """torch.optim class by case-insensitive name."""
-    table = _optimizers()
-    try:
-        return table[name.lower()]
-    except KeyError:
-        raise ConfigError(f"optim.name: unknown optimizer '{name}' (choose from {', '.join(sorted(table))})") from None
+    return OPTIMIZERS.get(name.lower()).obj.cls
 
 
-def build_optimizer(config: Config, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    cls = optimizer_class(config.optim.name)
-    kwargs = dict(config.optim.kwargs())
-    fused = config.optim.fused  # true on an optimizer without a fused kernel is refused when the config is loaded
-    has_fused = "fused" in inspect.signature(cls.__init__).parameters
+def build_optimizer(c: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of the `optim` section over `model`'s parameters."""
+    spec: OptimizerSpec = OPTIMIZERS.get(c.name.lower()).obj
+    cls, kwargs = spec.cls, spec.kwargs(c)
+    if spec.sparse_only:
+        sparse = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse for p in m.parameters()}
+        if any(id(p) not in sparse for p in model.parameters()):
+            raise ConfigError(
+                f"optim.name: {cls.__name__} needs sparse gradients on every parameter (nn.Embedding(sparse=True)); "
+                f"the model ({model.__class__.__name__}) has dense ones (use adam or adamw)"
+            )
+    fused = c.fused  # true on an optimizer without a fused kernel is refused when the config is loaded
     # The fused kernel updates all parameters in one pass: on a small model's CPU step that is ~20 % of the
     # step time saved over the per-parameter loop torch uses by default on CPU.
-    auto = fused is None and has_fused and not any(kwargs.get(k) for k in ("foreach", "capturable", "differentiable"))
+    auto = fused is None and "fused" in spec.accepted and not any(kwargs.get(k) for k in ("foreach", "capturable", "differentiable"))
     if fused or auto:
         kwargs["fused"] = True
 
     def build(kw: dict[str, object]) -> torch.optim.Optimizer:
-        return cls(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay, **kw)
+        return cls(model.parameters(), **kw)
 
     try:
         try:

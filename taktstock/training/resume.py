@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from taktstock.config.loader import config_to_dict, load_config
+from taktstock.config.paths import with_absolute_paths
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
 from taktstock.run_dir import RunDir
@@ -20,6 +21,7 @@ SAFE_PREFIXES = (
     "checkpoint.keep_last",
     "checkpoint.every_n_steps",  # where checkpoints are taken does not change the computation
     "checkpoint.every_epoch",
+    "checkpoint.every_n_minutes",
     "checkpoint.async_write",
     "data.num_workers",
     "data.persistent_workers",
@@ -47,7 +49,9 @@ def check_resume_compatible(run: RunDir, config: Config | str | Path | None, ove
         new = config
     else:
         new = load_config(config if config is not None else run.config, overrides)
-    unsafe = [k for k in changed_keys(stored, new) if not k.startswith(SAFE_PREFIXES)]
+    # Paths are compared as the run resolved them (absolute), whether written relative or not.
+    new = with_absolute_paths(new)
+    unsafe = [k for k in changed_keys(with_absolute_paths(stored), new) if not k.startswith(SAFE_PREFIXES)]
     if unsafe and not force:
         raise ConfigError(
             f"--resume: these settings differ from the run's and would break an exact continuation: {', '.join(unsafe)}. "

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taktstock.checkpoint.atomic import atomic_write_text
-from taktstock.checkpoint.manager import CheckpointManager, load_checkpoint
+from taktstock.checkpoint.checkpointer import Checkpointer, find_resume, schedule_horizon
+from taktstock.checkpoint.manager import CheckpointManager, CheckpointWriter
+from taktstock.checkpoint.weights import save_weights
 from taktstock.config.loader import config_to_dict, load_config, save_config
+from taktstock.config.paths import with_absolute_paths
 from taktstock.config.schema import Config
 from taktstock.data.loaders import build_train_batches, eval_batches
 from taktstock.data.prepare import prepare
-from taktstock.errors import CheckpointError, ConfigError, TrainingAborted
+from taktstock.errors import ConfigError, TrainingAborted
 from taktstock.metrics.collection import EpochMetrics
 from taktstock.run_dir import RunDir
 from taktstock.tracking.base import TrackerGroup
@@ -22,11 +25,18 @@ from taktstock.tracking.factory import build_trackers
 from taktstock.tracking.jsonl import MetricsFile, read_metrics
 from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
-from taktstock.training.distributed import DistEnv, setup_distributed, teardown_distributed
+from taktstock.training.device import select_device
+from taktstock.training.distributed import DistEnv, is_sharded, setup_distributed, teardown_distributed
+from taktstock.training.losses import build_loss
 from taktstock.training.monitor import MetricMonitor
+from taktstock.training.optim import build_optimizer, build_scheduler
+from taktstock.training.parts import TrainerParts, full_model_state, register_parts
+from taktstock.training.precision import autocast_factory, grad_scaler
 from taktstock.training.resume import check_resume_compatible
 from taktstock.training.rng import seed_everything
-from taktstock.training.trainer import HORIZON_SCHEDULERS, Preempted, Trainer, TrainerParts
+from taktstock.training.settings import LoopSettings
+from taktstock.training.trainer import Preempted, Trainer
+from taktstock.utils.atomic import atomic_write_text
 from taktstock.utils.process import this_process
 
 
@@ -59,6 +69,7 @@ def train(
         run = RunDir(Path(run_dir)) if run_dir else RunDir.new(config.experiment.output_dir, config.experiment.name)
         if run.root.exists() and not run.root.is_dir():
             raise ConfigError(f"--run-dir: {run.root} exists and is not a directory")
+    config = with_absolute_paths(config)  # the run's config.yaml must work from any working directory
     dist = setup_distributed(config)
     try:
         # Under torchrun every rank must use rank 0's run directory (names carry a timestamp).
@@ -69,7 +80,7 @@ def train(
 
 
 def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool, callbacks: list[Any] | None = None) -> RunResult:
-    device = components.select_device(config, dist)
+    device = select_device(config.train.device, dist.local_rank)
     seed_everything(config.seed, config.train.deterministic)
     data = prepare(config)
     check_config_fits_data(config, data)
@@ -77,47 +88,45 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     # (scikit-learn does); training must start from the same RNG state either way.
     seed_everything(config.seed, config.train.deterministic)
     model, forward_model = components.build_model_for(config, data, device, dist)
-    ckpts: Any = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
-    if config.checkpoint.async_write:
-        from taktstock.checkpoint.async_writer import AsyncCheckpointManager
-
-        ckpts = AsyncCheckpointManager(ckpts)
-    start, ckpt_state = _newest_checkpoint(ckpts, run, dist, force) if resuming else (None, None)
+    writer = _checkpoint_writer(config, run)
+    start, ckpt_state = find_resume(writer, run.root, dist, force) if resuming else (None, None)
     # Trackers are built (and a tracking server probed) before the run directory is touched.
     trackers = TrackerGroup(build_trackers(config, run, dist) if dist.is_main else [], fail_soft=config.logging.fail_soft)
     if dist.is_main:
         if start is None:  # a fresh run, or a resume that found no valid checkpoint: start clean
             _clear_previous_run(run, announce=not resuming)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
-    metrics_file = MetricsFile(run.metrics)
+    train_batches = build_train_batches(data.split("train"), config, device, dist.rank, dist.world_size)
+    settings = LoopSettings.from_config(config, len(train_batches))
+    # The LR schedule's horizon is known before anything is built: this run's steps, or the original run's on resume.
+    horizon = schedule_horizon(settings.total_steps, config.scheduler.name, ckpt_state)
+    settings = dataclasses.replace(settings, schedule_horizon=horizon)
+    optimizer = build_optimizer(config.optim, model)
     parts = TrainerParts(
-        config=config,
         model=model,
         forward_model=forward_model,
-        loss_fn=components.build_loss_for(config, device),
-        optimizer=(optimizer := components.build_optimizer_for(config, model, device)),
-        scheduler=None,
-        scaler=components.grad_scaler_for(config, device),
-        train_batches=build_train_batches(*data.split("train"), config, device, dist.rank, dist.world_size),
-        val_batches=_val_batches(config, data, dist) if len(data.split("val")[1]) else None,
+        loss_fn=build_loss(config.loss).to(device),
+        optimizer=optimizer,
+        scheduler=build_scheduler(config, optimizer, horizon),
+        scaler=grad_scaler(config.train.precision, device),
+        train_batches=train_batches,
+        val_batches=_val_batches(config, data, dist) if len(data.split("val")) else None,
         val_metrics=EpochMetrics(config, data.num_outputs, device, "val"),
-        checkpoints=ckpts,
         trackers=trackers,
-        metrics_file=metrics_file,
+        metrics_file=(metrics_file := MetricsFile(run.metrics)),
         monitor=MetricMonitor(config.metrics.monitor, config.metrics.mode, config.early_stopping.min_delta, config.early_stopping.patience),
         device=device,
-        autocast=components.autocast_for(config, device),
-        step_fn=components.step_fn_for(config),
+        autocast=autocast_factory(config.train.precision, device),
+        step_fn=components.step_fn_for(config.train),
         dist=dist,
-        callbacks=components.callbacks_for(config) + list(callbacks or []),
-        save_best_weights=(lambda state=None: components.save_weights(model, run.best, state)) if dist.is_main else None,
+        callbacks=components.callbacks_for(config.train) + list(callbacks or []),
+        save_best_weights=(lambda state: save_weights(model, run.best, state)) if dist.is_main else None,
     )
-    trainer = Trainer(parts)
+    checkpointer = Checkpointer(writer, config.checkpoint, dist, device, horizon)
+    trainer = Trainer(parts, settings, checkpointer, config)
+    register_parts(checkpointer, trainer, sharded=is_sharded(config, dist))
     if ckpt_state is not None:
-        _freeze_schedule_horizon(trainer, ckpt_state)
-    parts.scheduler = components.build_scheduler_for(config, optimizer, trainer.schedule_total_steps)
-    if ckpt_state is not None:
-        trainer.load_checkpoint_state(ckpt_state)
+        checkpointer.restore(ckpt_state)
         if trainer.state.stop_reason in ("completed", "max_steps"):
             trainer.state.stop_reason = None  # train.epochs or train.max_steps may have been extended
     if dist.is_main:
@@ -128,10 +137,10 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     status = "failed"
     try:
         trainer.fit()
-        _flush_checkpoints(ckpts, trainer)
+        checkpointer.flush()
         status = "completed"
     except Preempted as exc:
-        _flush_checkpoints(ckpts, trainer)
+        checkpointer.flush()
         status = "preempted"
         where = exc.checkpoint or "no checkpoint"
         if dist.is_main:
@@ -142,8 +151,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         status = "aborted"
         raise
     finally:
-        if hasattr(ckpts, "wait"):
-            ckpts.latest_valid()  # on any exit, a background write finishes before the process may end
+        checkpointer.settle()  # on any exit, a background write finishes before the process may end
         metrics_file.close()
         if dist.is_main:
             run.update_info(
@@ -167,15 +175,24 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     return result
 
 
+def _checkpoint_writer(config: Config, run: RunDir) -> CheckpointWriter:
+    writer: CheckpointWriter = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
+    if config.checkpoint.async_write:
+        from taktstock.checkpoint.async_writer import AsyncCheckpointManager
+
+        writer = AsyncCheckpointManager(writer)
+    return writer
+
+
 def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, dist: DistEnv) -> RunResult:
     """Final weights, plots and the summary; only rank 0 writes."""
     records = read_metrics(run.metrics) if dist.is_main and run.metrics.exists() else []
     final = {k: v for r in records if "step" in r for k, v in r.items() if k.startswith("val/")}
-    dicts = trainer.full_state_dicts()  # FSDP: every rank takes part in gathering the weights
+    weights = full_model_state(parts.model, config, dist)  # FSDP: every rank takes part in gathering the weights
     if dist.is_main:
-        components.save_weights(parts.model, run.model, dicts[0] if dicts else None)
+        save_weights(parts.model, run.model, weights)
         if not run.best.exists():
-            components.save_weights(parts.model, run.best, dicts[0] if dicts else None)
+            save_weights(parts.model, run.best, weights)
         if config.logging.plots and records:
             from taktstock.tracking.plots import learning_curves
 
@@ -190,61 +207,6 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
             summary["samples/s"] = round(trainer.throughput)
         print_table("training summary", summary)
     return RunResult(run.root, trainer.state.stop_reason or "completed", trainer.state.step, parts.monitor.best, final)
-
-
-def _flush_checkpoints(ckpts: Any, trainer: Trainer) -> None:
-    """Wait for a background checkpoint write (checkpoint.async_write); its failure aborts the run."""
-    wait = getattr(ckpts, "wait", None)
-    if wait is None:
-        return
-    try:
-        wait()
-    except OSError as exc:
-        kept = ckpts.latest_valid()
-        raise TrainingAborted(
-            f"could not write checkpoint ({exc.strerror or exc}); the previous checkpoint is intact: {kept.path if kept else 'none'}"
-        ) from None
-
-
-def _newest_checkpoint(ckpts: CheckpointManager, run: RunDir, dist: DistEnv, force: bool) -> tuple[Path | None, dict[str, Any] | None]:
-    if not run.root.is_dir():
-        raise ConfigError(f"--resume: run directory not found: {run.root}")
-    if dist.is_main:
-        removed = ckpts.prepare()
-        if removed:
-            print(f"removed {len(removed)} partial file(s) of an interrupted checkpoint write", file=sys.stderr)
-    # Rank 0 picks the checkpoint for everyone: ranks must not disagree while a scan races a write.
-    info = dist.broadcast_object(ckpts.latest_valid() if dist.is_main else None)
-    if info is None:
-        if dist.is_main:
-            print(f"no valid checkpoint in {run.checkpoints}: starting {run.root} from the beginning", file=sys.stderr)
-        return None, None
-    state = load_checkpoint(info.path)
-    missing = [k for k in ("format", "model", "optimizer", "rng", "loop", "sums", "monitor", "metrics_offset") if k not in state]
-    if missing or state["format"] != 1:
-        raise CheckpointError(f"{info.path} is not a taktstock checkpoint of a supported format (missing: {', '.join(missing) or 'none'})")
-    world = state.get("world_size", 1)
-    if world != dist.world_size and not force:
-        raise ConfigError(
-            f"--resume: {info.path.name} was written by {world} process(es), this run has {dist.world_size}; "
-            "exact resume needs the same world size (use --force to continue anyway)"
-        )
-    return info.path, state
-
-
-def _freeze_schedule_horizon(trainer: Trainer, ckpt_state: dict[str, Any]) -> None:
-    """Keep the LR schedule of the original run when train.epochs/max_steps change on resume."""
-    frozen = ckpt_state.get("schedule_total_steps")
-    if frozen is None:
-        return
-    now, name = trainer.total_steps(), trainer.cfg.scheduler.name
-    trainer.schedule_total_steps = frozen
-    if now != frozen and name in HORIZON_SCHEDULERS:
-        beyond = f"; the {now - frozen} step(s) beyond it keep the final learning rate" if now > frozen else ""
-        print(
-            f"note: the run now has {now} steps, the '{name}' learning-rate schedule keeps its original horizon of {frozen} steps{beyond}",
-            file=sys.stderr,
-        )
 
 
 def _clear_previous_run(run: RunDir, announce: bool = True) -> None:
@@ -288,6 +250,6 @@ def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], re
 
 
 def _val_batches(config: Config, data: Any, dist: DistEnv) -> Any:
-    x, y = data.split("val")
+    split = data.split("val")
     size = config.train.eval_batch_size or config.train.batch_size
-    return lambda: eval_batches(x, y, size, dist.rank, dist.world_size)
+    return lambda: eval_batches(split, size, dist.rank, dist.world_size, config)

@@ -105,11 +105,12 @@ def run_trial_processes(config: Config, run_dir: Path, report: Report, nproc: in
     import sys
 
     from taktstock.config.loader import save_config
+    from taktstock.config.paths import with_absolute_paths
     from taktstock.run_dir import RunDir
 
     run_dir.mkdir(parents=True, exist_ok=True)
     trial_yaml = run_dir / "trial.yaml"
-    save_config(config, trial_yaml)
+    save_config(with_absolute_paths(config), trial_yaml)  # as the run records it: paths absolute
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "taktstock", "train", str(trial_yaml), "--run-dir", str(run_dir)]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from taktstock.config.loader import config_to_yaml
+from taktstock.config.paths import with_absolute_paths
 from taktstock.tuning.space import SearchSpace
 
 
@@ -90,7 +91,8 @@ def _cell(value: Any) -> str:
 
 def write_best_yaml(best: TrialRecord, space: SearchSpace, study: str, path: Path) -> None:
     """The complete config of the best trial, ready for `taktstock train best.yaml`."""
-    config = space.trial_config(best.params)
+    # With the paths as the trial's run recorded them (absolute): best.yaml is that run's config.yaml.
+    config = with_absolute_paths(space.trial_config(best.params))
     header = (
         f"# Best trial {best.number} of sweep '{study}': {space.monitor} = {best.value!r} ({space.mode}).\n"
         f"# Reproduce: taktstock train {path.name}\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,11 @@ def run(
             if config.tune.pruner == "none":
                 scheduler: Any = FIFOScheduler()
             else:
+                max_t = max(config.train.epochs, 1)
                 scheduler = ASHAScheduler(
                     time_attr="training_iteration",
-                    max_t=max(config.train.epochs, 1),
-                    grace_period=max(1, config.tune.warmup_epochs),
+                    max_t=max_t,
+                    grace_period=_grace_period(config.tune.warmup_epochs, max_t),
                     reduction_factor=3,
                     stop_last_trials=False,  # a trial that reaches max_t finishes its own run (final checkpoint, weights)
                 )
@@ -165,3 +167,16 @@ def _records(results: Any, mode: str, sweep_dir: Path) -> list[TrialRecord]:
         duration = result.metrics.get("time_total_s") if result.metrics else None
         records.append(TrialRecord(number, state, value, params, duration, str(run_dir), reason, len(values)))
     return records
+
+
+def _grace_period(warmup_epochs: int, max_t: int) -> int:
+    """ASHA's grace period: tune.warmup_epochs, at most the trial length (ASHA asserts grace_period <= max_t)."""
+    grace = max(1, warmup_epochs)
+    if grace > max_t:
+        print(
+            f"note: tune.warmup_epochs={warmup_epochs} exceeds train.epochs={max_t}: ASHA's grace period is {max_t} "
+            "(trials run to the end before they can be stopped)",
+            file=sys.stderr,
+        )
+        return max_t
+    return grace

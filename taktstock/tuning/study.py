@@ -2,7 +2,7 @@
 
 Counting: COMPLETE, PRUNED and FAIL trials count toward the trial budget, as do RUNNING ones (another worker is
 on them). A trial interrupted by a killed process is marked FAIL ("interrupted") and re-queued with the same
-parameters (Optuna's RetryFailedTrialCallback); the interrupted copy does not count, its retry does.
+parameters (Optuna's RetryHeartbeatStaleTrialCallback); the interrupted copy does not count, its retry does.
 Local workers take a file lock around "count, then ask", so W workers never start more than the budget.
 """
 
@@ -43,7 +43,7 @@ def make_storage(url: str | None, sweep_dir: Path) -> Any:
             engine_kwargs=engine_kwargs,
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            failed_trial_callback=retry_callback(),
         )
     except ImportError as exc:
         raise UserError(
@@ -148,16 +148,23 @@ def load_study(storage: Any, name: str, sampler: Any, pruner: Any) -> Any:
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
+def retry_callback() -> Any:
+    """Re-queue an interrupted trial once: Optuna >= 4.9 renamed RetryFailedTrialCallback (the old name warns)."""
+    import optuna
+
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    return cls(max_retry=1)
+
+
 def fail_interrupted(study: Any) -> list[int]:
     """Mark RUNNING trials FAIL and re-queue them; only for storage no other live process uses (embedded, locked)."""
-    import optuna
     from optuna.trial import TrialState
 
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
         study.tell(t.number, state=TrialState.FAIL)
-        optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study._storage.get_trial(t._trial_id))
+        retry_callback()(study, study._storage.get_trial(t._trial_id))
         numbers.append(t.number)
     return numbers
 

@@ -43,7 +43,7 @@ class SweepSpec:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def write(self, sweep_dir: Path) -> None:
-        from taktstock.checkpoint.atomic import atomic_write_text
+        from taktstock.utils.atomic import atomic_write_text
 
         atomic_write_text(sweep_dir / "sweep.json", json.dumps(asdict(self), indent=2))
 

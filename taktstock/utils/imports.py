@@ -41,9 +41,9 @@ def import_object(path: str, key: str) -> Any:
     return obj
 
 
-def optional_import(module: str, extra: str) -> Any:
-    """Import an optional integration, or fail with the pip extra that provides it."""
+def optional_import(module: str, extra: str, feature: str = "this feature") -> Any:
+    """Import an optional integration, or fail with the pip extra that provides it (before anything is written)."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"this feature needs the '{module}' package: pip install 'taktstock[{extra}]'") from None
+        raise ConfigError(f"{feature} needs the '{module}' package: pip install 'taktstock[{extra}]'") from None

@@ -1,7 +1,7 @@
 """The dataset taktstock trains on (config.yaml: data.source: data.dataset:DigitsDataset).
 
-taktstock calls `DigitsDataset(**data.kwargs)`, reads every item as an `(image, label)` pair,
-then splits, normalises (fitted on the training split only) and caches the arrays itself.
+taktstock calls `DigitsDataset(**data.kwargs)`, reads items as `(image, label)` pairs by index
+in its DataLoader workers, and splits, normalises (fitted on the training split only) and batches them.
 Training-time augmentation (random shifts, flips, noise) is configured under `data.augment`.
 """
 

@@ -1,7 +1,7 @@
 """The dataset taktstock trains on (config.yaml: data.source: data.dataset:DiabetesDataset).
 
-taktstock calls `DiabetesDataset(**data.kwargs)`, reads every item as a `(features, target)` pair,
-then splits, normalises the features (fitted on the training split only) and caches the arrays.
+taktstock calls `DiabetesDataset(**data.kwargs)`, reads items as `(features, target)` pairs by
+index, and splits, normalises the features (fitted on the training split only) and batches them.
 taktstock does not rescale regression targets, so the dataset brings them to order one
 (`target_scale`); R2 is unaffected, MSE/MAE are reported in the scaled unit.
 """

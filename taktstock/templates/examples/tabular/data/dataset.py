@@ -1,7 +1,7 @@
 """The dataset taktstock trains on (config.yaml: data.source: data.dataset:WineDataset).
 
-taktstock calls `WineDataset(**data.kwargs)`, reads every item as a `(features, target)` pair,
-then splits, normalises (fitted on the training split only) and caches the arrays itself.
+taktstock calls `WineDataset(**data.kwargs)`, reads items as `(features, target)` pairs by
+index, and splits, normalises (fitted on the training split only) and batches them.
 `classes` names the class ids for reports and the confusion matrix.
 """
 

@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from taktstock.config import config_to_yaml, load_config
+from taktstock.data.dataset import input_shape
 from taktstock.data.loaders import build_train_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError
 from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
 from taktstock.training.distributed import DistEnv
+from taktstock.training.losses import build_loss
 from taktstock.training.step import normalize_step_output
 
 
@@ -61,15 +63,15 @@ def dry_run(config_path: Path | None, overrides: list[str]) -> None:
         print(f"{name:<28} {kind:<20} {count:>12,}")
     print(f"parameters: {params:,} ({trainable:,} trainable)")
     print("# data")
-    print(f"source: {config.data.source} ({config.task}); input shape {data.input_shape}, outputs {data.num_outputs}")
+    print(f"source: {config.data.source} ({config.task}); input shape {input_shape(data.spec())}, outputs {data.num_outputs}")
     for split in ("train", "val", "test"):
-        print(f"{split}: {len(data.split(split)[1])} samples")
-    train_batches = build_train_batches(*data.split("train"), config, device)
+        print(f"{split}: {len(data.split(split))} samples")
+    train_batches = build_train_batches(data.split("train"), config, device)
     print(f"steps per epoch: {len(train_batches)} (batch_size {config.train.batch_size})")
     batch = next(iter(train_batches.epoch(0)))
     print(f"batch: {describe(batch)}")
-    step_fn = components.step_fn_for(config)
-    loss_fn = components.build_loss_for(config, device)
+    step_fn = components.step_fn_for(config.train)
+    loss_fn = build_loss(config.loss).to(device)
     model.eval()  # no dropout noise and no BatchNorm statistics updates from a dry run
     try:
         with torch.no_grad():

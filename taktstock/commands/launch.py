@@ -120,6 +120,7 @@ def launch(
 
     Raises UserError for problems found before start-up, LaunchFailed when a worker fails.
     """
+    from taktstock.checkpoint.checkpointer import check_resume_world_size
     from taktstock.config.loader import load_config
     from taktstock.run_dir import RunDir
     from taktstock.training.distributed import check_world_size
@@ -134,13 +135,10 @@ def launch(
         config = load_config(config_path, overrides)
     check_world_size(config, opts.world_size)
     check_devices(config, opts.nproc_per_node)
-    if resume is not None and not force:
+    if resume is not None:
         found = checkpoint_world_size(resume)
-        if found is not None and found[1] != opts.world_size:
-            raise ConfigError(
-                f"--resume: {found[0]} was written by {found[1]} process(es), this run has {opts.world_size}; "
-                "exact resume needs the same world size (use --force to continue anyway)"
-            )
+        if found is not None:
+            check_resume_world_size(*found, opts.world_size, force)
     # The run directory is named once, here: workers started at different times must agree on it.
     if resume is not None:
         target = Path(resume)

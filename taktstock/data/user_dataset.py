@@ -1,0 +1,244 @@
+"""A user `Dataset` class by import path (`data.source: module:Class`), used lazily.
+
+Items are read by index in the DataLoader workers, never all at once in the main process. At
+prepare time the main process reads one item (the sample spec) and, only when needed, the labels
+(for the split, unless the dataset has a `targets` sequence as torchvision datasets do) and a
+bounded sample of training inputs (to fit `data.normalize`). Items are `(inputs, target)` pairs or
+dicts with the target under `"labels"`; nested structures such as `({"image": ..., "meta": ...}, y)`
+work. Each training read runs with torch's, Python's and NumPy's global generators seeded by
+(seed, epoch, index), so random transforms inside the dataset give the same sample with any
+number of workers and after a resume; evaluation reads use a seed of (seed, index). The built-in
+`data.augment` applies to the float inputs of `(inputs, target)` items of the training split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from taktstock.config.schema import AugmentConfig, Config
+from taktstock.data.augment import augment_batch, is_active
+from taktstock.data.dataset import (
+    EVAL_STREAM,
+    Key,
+    Spec,
+    SplitDataset,
+    sample_seed,
+    spec_of_sample,
+    split_key,
+    to_tensor,
+)
+from taktstock.errors import ConfigError
+
+NORMALIZE_SAMPLES = 10_000  # training items read to fit data.normalize (all of them in smaller sets)
+
+
+@contextlib.contextmanager
+def seeded_globals(value: int) -> Iterator[None]:
+    """Run a block with the global torch (CPU), Python and NumPy generators seeded by `value`.
+
+    In the main process (num_workers 0) they are restored afterwards, so the training process's own
+    random stream (dropout, ...) is untouched; a worker has no other use for them (saving NumPy's
+    state costs more than the read of a small item)."""
+    if get_worker_info() is not None:
+        torch.default_generator.manual_seed(value)
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        yield
+        return
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(value)  # CPU only: torch.manual_seed would reseed CUDA too
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class UserSplit(SplitDataset):
+    """One split of a user dataset: a subset of its indices, converted to tensors, normalised, labels mapped."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        indices: np.ndarray,
+        seed: int,
+        source: str,
+        normalizer: tuple[torch.Tensor, torch.Tensor] | None = None,
+        label_index: dict[str, int] | None = None,
+        augment: AugmentConfig | None = None,
+    ) -> None:
+        self.dataset, self.indices, self.seed, self.source = dataset, indices, seed, source
+        self.normalizer, self.label_index = normalizer, label_index
+        self.augment = augment if augment is not None and is_active(augment) else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: Key) -> Any:
+        epoch, i = split_key(key)
+        j = int(self.indices[i])
+        value = sample_seed(self.seed, epoch, j) if epoch is not None else sample_seed(self.seed, 0, j, EVAL_STREAM)
+        with seeded_globals(value):
+            item = self.dataset[j]
+        sample = self.convert(item)
+        if self.augment is not None and epoch is not None and isinstance(sample[0], torch.Tensor):
+            # data.augment on float inputs, keyed by the split position as for in-memory arrays
+            sample = (augment_batch(sample[0][None], np.array([i]), epoch, self.seed, self.augment)[0], sample[1])
+        return sample
+
+    def convert(self, item: Any) -> Any:
+        """A raw item -> a tensor sample: `(inputs, target)` or a dict with `labels`."""
+        sample = check_item(item, self.source)
+        if isinstance(sample, tuple):
+            inputs, target = sample
+            if self.normalizer is not None:
+                shift, scale = self.normalizer
+                inputs = (inputs - shift) / scale
+            return inputs, self._label(target)
+        return sample | {"labels": self._label(sample["labels"])}
+
+    def _label(self, target: Any) -> Any:
+        if self.label_index is None:
+            return target
+        return torch.tensor(self.label_index[_label_key(target)], dtype=torch.int64)
+
+
+def check_item(item: Any, source: str) -> Any:
+    """The item converted to tensors, or a `ConfigError` naming what a sample must look like."""
+    if isinstance(item, dict):
+        if "labels" not in item:
+            raise ConfigError(
+                f"data.source: items of {source} are dicts without a 'labels' field (got {', '.join(map(str, item))}); "
+                "put the target under 'labels' (see docs/custom-code.md)"
+            )
+        return to_tensor(item)
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return (to_tensor(item[0]), to_tensor(item[1]))
+    raise ConfigError(
+        f"data.source: items of {source} must be (inputs, target) pairs or dicts with a 'labels' field, got {type(item).__name__}"
+    )
+
+
+def _label_key(target: Any) -> str:
+    if isinstance(target, (torch.Tensor, np.ndarray, np.generic)):
+        target = target.item()
+    return str(target)
+
+
+class UserPrepared:
+    """The `PreparedDataset` of a user Dataset: a deterministic split of its indices (nothing is cached)."""
+
+    def __init__(self, config: Config, dataset: Any, fingerprint: str) -> None:
+        from taktstock.data.prepare import Normalizer, _split_indices
+        from taktstock.data.sources import _targets
+
+        src = config.data.source
+        self.dataset, self.fingerprint, self.task, self.path = dataset, fingerprint, config.task, None
+        n = len(dataset)
+        if n == 0:
+            raise ConfigError(f"data.source: {src} has no items")
+        probe = UserSplit(dataset, np.arange(n), config.seed, src).__getitem__(0)
+        self._spec = spec_of_sample(probe)
+        labels = probe[1] if isinstance(probe, tuple) else probe["labels"]
+        names = [str(c) for c in getattr(dataset, "classes", []) or []]
+        label_index = None
+        if config.task == "classification" and labels.ndim == 0:
+            values = _label_values(dataset, n, src, config.seed)
+            y, found = _targets(values, config)
+            if any(str(v) != str(i) for v, i in zip(values, y.tolist(), strict=True)):
+                label_index = {str(v): int(i) for v, i in zip(values, y.tolist(), strict=True)}
+            self.num_outputs = 1 if config.loss.name == "bce_with_logits" else int(y.max()) + 1
+            self.class_names = names or found
+        elif config.task == "classification":  # per-position labels (sequences): no stratified split
+            y = np.zeros(n, np.int64)
+            self.num_outputs = int(getattr(dataset, "num_outputs", 0) or len(names))
+            if not self.num_outputs:
+                raise ConfigError(f"data.source: {src} has per-position labels; give it a `classes` list or a `num_outputs` attribute")
+            self.class_names = names or [str(i) for i in range(self.num_outputs)]
+        else:
+            y, self.num_outputs, self.class_names = np.zeros(n, np.float32), 1, []
+        if labels.ndim != 0:  # sequence or vector targets cannot be stratified
+            config = config.model_copy(update={"data": config.data.model_copy(update={"stratify": False})})
+        parts = _split_indices(config, y)
+        inputs = self._spec.get("inputs")
+        norm_state = None
+        if isinstance(probe, tuple) and inputs is not None and inputs.dtype == "float32" and config.data.normalize != "none":
+            sample = parts["train"][np.linspace(0, len(parts["train"]) - 1, min(NORMALIZE_SAMPLES, len(parts["train"]))).astype(np.int64)]
+            reader = UserSplit(dataset, sample, config.seed, src, label_index=label_index)
+            x = np.stack([reader[i][0].numpy() for i in range(len(sample))]) if len(sample) else np.zeros((0, *inputs.shape), np.float32)
+            norm_state = Normalizer.fit(x, config.data.normalize)
+        self.normalizer = norm_state or Normalizer.fit(np.zeros((0, *(inputs.shape if inputs else ())), np.float32), "none")
+        tensors = None if norm_state is None else (torch.from_numpy(norm_state.shift), torch.from_numpy(norm_state.scale))
+        augment = config.data.augment if isinstance(probe, tuple) else None
+        self._splits = {
+            s: UserSplit(dataset, parts[s], config.seed, src, tensors, label_index, augment if s == "train" else None) for s in parts
+        }
+        self.feature_names = [str(f) for f in getattr(dataset, "feature_names", []) or []]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        from taktstock.data.dataset import input_shape
+
+        return input_shape(self._spec)
+
+    def split(self, name: str) -> UserSplit:
+        return self._splits[name]
+
+    def spec(self) -> Spec:
+        return dict(self._spec)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "normalizer": self.normalizer.to_dict(),
+            "input_shape": list(self.input_shape),
+            "num_outputs": self.num_outputs,
+            "class_names": self.class_names,
+            "feature_names": self.feature_names,
+            "spec": {k: v.to_dict() for k, v in self._spec.items()},
+        }
+
+
+def _label_values(dataset: Any, n: int, source: str, seed: int) -> list[Any]:
+    """Every item's class label: the dataset's `targets` when it has them, else one read of each item."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        values = [_label_key(t) if isinstance(t, (torch.Tensor, np.generic)) else t for t in list(targets)]
+        if len(values) != n:
+            raise ConfigError(f"data.source: {source}.targets has {len(values)} labels for {len(dataset)} items")
+        return values
+    out = []
+    for i in range(n):
+        with seeded_globals(sample_seed(seed, 0, i, EVAL_STREAM)):  # as an evaluation read
+            item = check_item(dataset[i], source)
+        out.append(_label_key(item[1] if isinstance(item, tuple) else item["labels"]))
+    return out
+
+
+def prepare_user_source(config: Config, verbose: bool = False) -> Any:
+    """`data.source: module:Name`: a Dataset class used lazily, or a function returning (x, y) arrays."""
+    from taktstock.data.prepare import prepare_arrays
+    from taktstock.data.sources import construct_user_source, source_code_hash, user_arrays
+
+    obj, produced = construct_user_source(config)
+    if isinstance(produced, tuple):
+        return prepare_arrays(config, verbose, raw=user_arrays(config, obj, produced))
+    if not hasattr(produced, "__len__") or not hasattr(produced, "__getitem__"):
+        raise ConfigError(f"data.source: {config.data.source} must be a Dataset (len + indexing) or return (x, y) arrays")
+    fingerprint_fn = getattr(produced, "fingerprint", None)
+    extra = str(fingerprint_fn()) if callable(fingerprint_fn) else ""
+    key = json.dumps([config.data.source, config.data.kwargs, source_code_hash(obj), len(produced), extra], default=str)
+    if verbose:
+        print(f"preparing {config.data.source} (a Dataset: read lazily, nothing cached)")
+    return UserPrepared(config, produced, hashlib.sha256(key.encode()).hexdigest()[:16])
