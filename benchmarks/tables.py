@@ -33,7 +33,7 @@ t0 = time.perf_counter()  # prepare itself: its imports (pandas, pyarrow, scikit
 config = validate(json.loads(sys.argv[1]), {}, "benchmark")
 data = prepare(config)
 seconds = time.perf_counter() - t0
-nbytes = sum(data.split(s)[0].nbytes for s in ("train", "val", "test"))
+nbytes = sum(data.arrays[s][0].nbytes for s in ("train", "val", "test"))
 print(json.dumps({"seconds": seconds, "encoded_bytes": nbytes, "columns": data.input_shape[0]}))
 """
 

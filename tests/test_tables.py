@@ -6,13 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_env, run_cli, tiny_config, write_config
+from conftest import tiny_config, write_config
 
 from taktstock.config.loader import validate
 from taktstock.config.schema import Config
@@ -21,7 +22,6 @@ from taktstock.data.tables import TableEncoder, _column_transformer, _frame, loa
 from taktstock.errors import ConfigError, UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ONE_THREAD = cli_env(OMP_NUM_THREADS="1")
 CLASSES = ["barbera", "barolo", "grignolino"]
 
 
@@ -79,7 +79,7 @@ def test_mixed_types_with_gaps_are_typed_and_encoded(workdir: Path) -> None:
     assert names[:6] == ["age", "count", "member", "seen.year", "seen.month", "seen.dayofweek"]
     # Missing is a level of its own; 'Rare' (< 10 training rows) merged into the rare level.
     assert names[-5:] == ["island_Biscoe", "island_Dream", "island_Torgersen", "island_None", "island_infrequent_sklearn"]
-    x = np.concatenate([data.split(s)[0] for s in ("train", "val", "test")])
+    x = np.concatenate([data.split(s).x for s in ("train", "val", "test")])
     assert x.dtype == np.float32 and np.isfinite(x).all() and x.shape[1] == len(names)
     onehot = x[:, -5:]
     assert np.array_equal(onehot.sum(1), np.ones(len(x), np.float32))  # every row: exactly one level (none unseen here)
@@ -101,7 +101,7 @@ def test_encoding_is_fitted_on_the_training_split_only(workdir: Path) -> None:
     island = data.table["categorical"]["levels"][0]
     assert "OnlyInTest" not in island
     # Its test rows are "unknown": all zeros in the one-hot block.
-    test_x = data.split("test")[0]
+    test_x = data.split("test").x
     assert (test_x[:, [i for i, n in enumerate(data.feature_names) if n.startswith("island_")]].sum(1) == 0).sum() == 3
 
 
@@ -149,7 +149,7 @@ def test_csv_tsv_gzip_and_parquet_of_one_table_prepare_identically(workdir: Path
     for other in prepared[1:]:
         assert other.table == first.table and other.class_names == first.class_names
         for split in ("train", "val", "test"):
-            for a, b in zip(first.split(split), other.split(split), strict=True):
+            for a, b in zip(first.arrays[split], other.arrays[split], strict=True):
                 assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
@@ -157,7 +157,7 @@ def test_rows_with_a_missing_target_are_dropped_and_counted(workdir: Path, capsy
     frame = mixed_frame()
     frame.loc[[3, 10, 77], "label"] = None
     data = prepare(table_config(write_table(frame, workdir / "t.csv")))
-    assert sum(len(data.split(s)[1]) for s in ("train", "val", "test")) == len(frame) - 3
+    assert sum(len(data.arrays[s][1]) for s in ("train", "val", "test")) == len(frame) - 3
     assert "dropped 3 of 240 rows of" in capsys.readouterr().err
 
 
@@ -216,73 +216,105 @@ def wine_experiment(**train: Any) -> dict[str, Any]:
     )
 
 
-def test_wine_table_trains_evaluates_and_predicts_raw_rows_through_the_cli(workdir: Path) -> None:
+@dataclass
+class TableRun:
+    """A run trained through the CLI on the wine table (shared by the tests of one encoding)."""
+
+    root: Path
+    encoding: str
+    frame: pd.DataFrame  # the source table as written (gaps, an unseen level in the test split)
+    test_rows: np.ndarray  # source rows of the test split
+    cfg: Path
+
+
+@pytest.fixture(scope="module", params=["onehot", "index"])
+def table_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TableRun:
+    """onehot: a CSV source and the mlp; index: a Parquet source and the tabular model's embeddings."""
+    encoding = request.param
+    root = tmp_path_factory.mktemp(f"table-{encoding}")
+    source, name = ("csv", "wine.csv") if encoding == "onehot" else ("parquet", "wine.parquet")
+    experiment = wine_experiment(epochs=8, log_every_n_steps=1)
+    experiment["data"] = {"source": source, "path": name, "target": "cultivar", "categorical_encoding": encoding}
+    experiment["model"] = {"name": "mlp" if encoding == "onehot" else "tabular", "hidden": [32], "dropout": 0.2}
+    experiment["checkpoint"] = {"every_n_steps": 3}
     frame = wine_frame()
-    write_table(frame, workdir / "wine.csv")
-    cfg = write_config(workdir / "wine.yaml", wine_experiment())
-    assert cli(workdir, "train", str(cfg), "--run-dir", "run", name="train")[0] == 0
-    assert cli(workdir, "evaluate", "run", name="evaluate")[0] == 0
-    test_acc = json.loads((workdir / "run/eval/metrics.json").read_text())["metrics"]["test/acc"]
-    assert test_acc >= 0.85
-    prep = json.loads((workdir / "run/preprocessing.json").read_text())
-    assert prep["table"]["categorical"]["columns"] == ["alcohol"] and "missingindicator_proline" in prep["feature_names"]
-
-    # The raw test rows (target column removed), plus one with an unseen level and a gap, as a user would send them.
-    config = validate(wine_experiment(), {}, "wine")
+    write_table(frame, root / name)
+    # The split follows the targets and the seed only, so a level put into a test row stays unseen in training.
+    config = validate(experiment | {"data": experiment["data"] | {"path": str(root / name)}}, {}, "wine")
     test_rows = _split_indices(config, load_table(config).y)["test"]
-    rows = frame.iloc[test_rows].drop(columns=["cultivar"]).reset_index(drop=True)
-    extra = rows.iloc[[0]].copy()
-    extra["alcohol"], extra["proline"] = "very high", np.nan
-    write_table(pd.concat([rows, extra], ignore_index=True), workdir / "rows.parquet")
-    proc = run_cli("predict", "run", "rows.parquet", "--out", "preds.csv", cwd=workdir, env=ONE_THREAD, check=True)  # a plain subprocess
-    assert "column 'alcohol': 1 row(s) with a level unseen in training, encoded as unknown" in proc.stderr
-    with (workdir / "preds.csv").open() as f:
-        got = list(csv.DictReader(f))
-    assert len(got) == len(rows) + 1 and list(got[0]) == ["prediction", *(f"prob_{c}" for c in CLASSES)]
-    truth = frame["cultivar"].iloc[test_rows].tolist()
-    hits = sum(r["prediction"] == t for r, t in zip(got, truth, strict=False))
-    assert hits / len(truth) == pytest.approx(test_acc, abs=1e-6)  # the same rows, the same model: evaluate's accuracy
+    frame.loc[frame.index[test_rows[0]], "alcohol"] = "very high"
+    write_table(frame, root / name)
+    cfg = write_config(root / "wine.yaml", experiment)
+    rc, log = cli(root, "train", str(cfg), "--run-dir", "run", name="train")
+    assert rc == 0, log
+    return TableRun(root, encoding, frame, test_rows, cfg)
 
-    # The same probabilities as the trained model on the prepared test split.
+
+def test_predict_on_raw_rows_equals_evaluate_for_both_encodings(table_run: TableRun) -> None:
     import torch
 
     from taktstock.evaluation.evaluate import load_trained_model
     from taktstock.run_dir import RunDir
 
-    _, data, model = load_trained_model(RunDir(workdir / "run"))
-    with torch.no_grad():
-        expected = torch.softmax(model(torch.from_numpy(data.split("test")[0])), dim=-1)
-    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in got[:-1]])
-    assert torch.allclose(probs, expected, atol=1e-6)
+    root = table_run.root
+    rc, log = cli(root, "evaluate", "run", name="evaluate")
+    assert rc == 0, log
+    test_acc = json.loads((root / "run/eval/metrics.json").read_text())["metrics"]["test/acc"]
+    assert test_acc >= 0.7
+    prep = json.loads((root / "run/preprocessing.json").read_text())
+    assert prep["table"]["encoding"] == table_run.encoding and prep["table"]["categorical"]["columns"] == ["alcohol"]
 
+    # The raw test rows as a user would send them: no target column, gaps, the unseen level; the other file format.
+    rows = table_run.frame.iloc[table_run.test_rows].drop(columns=["cultivar"]).reset_index(drop=True)
+    assert rows.isna().any().any() and (rows["alcohol"] == "very high").sum() == 1
+    rows_file = "rows.parquet" if table_run.encoding == "onehot" else "rows.csv"
+    write_table(rows, root / rows_file)
+    rc, output = cli(root, "predict", "run", rows_file, "--out", "preds.csv", name="predict")
+    assert rc == 0 and "column 'alcohol': 1 row(s) with a level unseen in training, encoded as unknown" in output
+    with (root / "preds.csv").open() as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == len(rows) and list(got[0]) == ["prediction", *(f"prob_{c}" for c in CLASSES)]
+    truth = table_run.frame["cultivar"].iloc[table_run.test_rows].tolist()
+    hits = sum(r["prediction"] == t for r, t in zip(got, truth, strict=True))
+    assert hits / len(truth) == pytest.approx(test_acc, abs=1e-6)  # the same rows, the same model: evaluate's accuracy
+
+    # Bit for bit the probabilities of the trained model on the prepared test split (CSV floats round-trip float32).
+    _, data, model = load_trained_model(RunDir(root / "run"))
+    test = data.split("test")
+    with torch.no_grad():
+        if table_run.encoding == "index":
+            batch = test.get_batch(np.arange(len(test)))
+            logits = model(numeric=batch["numeric"], categorical=batch["categorical"])
+        else:
+            logits = model(torch.from_numpy(test.x))
+    expected = torch.softmax(logits, dim=-1)
+    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in got], dtype=torch.float32)
+    assert torch.equal(probs, expected)
+
+    if table_run.encoding == "index":  # export takes one float matrix: refused by name, exit 2
+        rc, output = cli(root, "export", "run", "--format", "onnx", "--out", "m.onnx", name="export")
+        assert rc == 2 and "index-encoded" in output and "Traceback" not in output
+        return
     # An exported ONNX graph takes the encoded (not yet normalised) matrix; the encoding lives in preprocessing.json.
     import onnxruntime as ort
 
-    assert cli(workdir, "export", "run", "--format", "onnx", "--out", "m.onnx", name="export")[0] == 0
-    encoded = TableEncoder.from_state(prep["table"]).transform(read_table(workdir / "rows.parquet")).features
-    session = ort.InferenceSession(str(workdir / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert cli(root, "export", "run", "--format", "onnx", "--out", "m.onnx", name="export")[0] == 0
+    encoded = TableEncoder.from_state(prep["table"]).transform(read_table(root / rows_file)).features
+    session = ort.InferenceSession(str(root / "m.onnx"), providers=["CPUExecutionProvider"])
     onnx_probs = torch.from_numpy(session.run(["y"], {"x": encoded})[0])
-    all_probs = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in got])
-    assert encoded.shape[1] == len(prep["feature_names"]) and torch.allclose(onnx_probs, all_probs, atol=1e-5)
+    assert encoded.shape[1] == len(prep["feature_names"]) and torch.allclose(onnx_probs, probs, atol=1e-5)
 
 
-def test_sigkill_and_resume_on_a_table_with_categoricals_is_bit_identical(workdir: Path) -> None:
+def test_sigkill_and_resume_on_a_table_is_bit_identical_for_both_encodings(table_run: TableRun) -> None:
     from resume_harness import count_lines, kill_and_resume, shared_server
 
-    write_table(wine_frame(), workdir / "wine.csv")
-    config = wine_experiment(epochs=6, log_every_n_steps=1)
-    config["checkpoint"] = {"every_n_steps": 3}
-    config["model"]["dropout"] = 0.2
-    cfg = write_config(workdir / "wine.yaml", config)
-    server = shared_server()
-    assert server.run(["train", str(cfg), "--run-dir", str(workdir / "ref")], workdir, workdir / "ref.log") == 0
-    ref = workdir / "ref"
+    root, ref = table_run.root, table_run.root / "run"
     stats = kill_and_resume(
-        server, workdir, cfg, workdir / "killed", kills=3, rng=random.Random(5), total_lines=count_lines(ref / "metrics.jsonl")
+        shared_server(), root, table_run.cfg, root / "killed", kills=3, rng=random.Random(5), total_lines=count_lines(ref / "metrics.jsonl")
     )
     assert stats.kills == 3, stats.points
     for name in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
-        assert (workdir / "killed" / name).read_bytes() == (ref / name).read_bytes(), name
+        assert (root / "killed" / name).read_bytes() == (ref / name).read_bytes(), name
 
 
 def test_index_encoding_gives_memory_mapped_dict_samples_identical_on_every_batch_path(workdir: Path) -> None:
@@ -298,12 +330,12 @@ def test_index_encoding_gives_memory_mapped_dict_samples_identical_on_every_batc
     data = prepare_index_table(config)
     assert prepare_index_table(config).directory == data.directory  # a cache hit
     spec = data.spec()
-    assert spec["categorical"] == {"shape": [1], "dtype": "int64", "cardinalities": [6]}
+    assert spec["categorical"].to_dict() == {"shape": [1], "dtype": "int64", "cardinalities": [6]}
     train = data.split("train")
     assert len(train) == 168 and data.num_outputs == 2 and data.class_names == ["a", "b"]
     assert isinstance(train.arrays()["numeric"], np.memmap)
     sample = train[(3, 5)]
-    assert sample["numeric"].dtype == torch.float32 and sample["numeric"].shape == tuple(spec["numeric"]["shape"])
+    assert sample["numeric"].dtype == torch.float32 and sample["numeric"].shape == spec["numeric"].shape
     assert sample["categorical"].dtype == torch.int64 and sample["labels"].dtype == torch.int64
     assert torch.equal(train[5]["numeric"], sample["numeric"])  # no random transforms: the epoch changes nothing
     # The normalisation was fitted on the training split: its numeric columns have mean 0 there.
@@ -328,13 +360,13 @@ def test_tabular_model_embeds_categorical_indices_and_learns_the_wine_table(work
     )
     data = prepare_index_table(config)
     spec = data.spec()
-    cards = spec["categorical"]["cardinalities"]
+    cards = list(spec["categorical"].cardinalities)
     assert cards == [5]  # unknown, high, low, mid, missing
     torch.manual_seed(0)
-    model = build_model("tabular", {"hidden": [32], "embedding_dim": 3}, tuple(spec["numeric"]["shape"]), data.num_outputs, cards)
+    model = build_model("tabular", {"hidden": [32], "embedding_dim": 3}, spec["numeric"].shape, data.num_outputs, cardinalities=cards)
     assert [tuple(e.weight.shape) for e in model.embeddings] == [(5, 3)]
     # A hand-made batch: the unknown index 0 and the last level are valid inputs.
-    hand = {"numeric": torch.zeros(2, spec["numeric"]["shape"][0]), "categorical": torch.tensor([[0], [4]])}
+    hand = {"numeric": torch.zeros(2, spec["numeric"].shape[0]), "categorical": torch.tensor([[0], [4]])}
     assert model(**hand).shape == (2, 3)
     train = data.split("train")
     batch = train.get_batch(np.arange(len(train)))
@@ -351,4 +383,48 @@ def test_tabular_model_embeds_categorical_indices_and_learns_the_wine_table(work
     assert acc >= 0.85
     for bad in ({"dropout": 1.5}, {"embedding_dim": 0}, {"hidden": [0]}):
         with pytest.raises(ConfigError, match="model: cannot build tabular"):
-            build_model("tabular", bad, (4,), 3, [3])
+            build_model("tabular", bad, (4,), 3, cardinalities=[3])
+
+
+def _whole_array_fit(x: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Normalizer.fit before it worked in row chunks: one float64 copy of the whole split."""
+    shape, x = x.shape[1:], x.astype(np.float64)
+    if kind == "standard":
+        shift, scale = x.mean(0), x.std(0)
+    elif kind == "global":
+        shift, scale = np.full(shape, x.mean()), np.full(shape, x.std())
+    else:
+        shift, scale = x.min(0), x.max(0) - x.min(0)
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    return shift.astype(np.float32), scale.astype(np.float32)
+
+
+def test_normalizer_fitted_in_row_chunks_is_bit_identical_to_the_whole_array_fit_in_a_fraction_of_the_memory() -> None:
+    import tracemalloc
+
+    import sklearn.datasets
+
+    from taktstock.data.prepare import Normalizer
+
+    rng = np.random.default_rng(0)
+    arrays = [
+        *(getattr(sklearn.datasets, f"load_{n}")().data.astype(np.float32) for n in ("digits", "wine", "breast_cancer", "diabetes")),
+        (rng.standard_normal((30001, 5)) * [1, 10, 1e3, 1e5, 1e-3] + 7).astype(np.float32),
+        rng.standard_normal((999, 1)).astype(np.float32),  # one column: numpy sums it pairwise, not row by row
+        rng.random((60, 1, 4, 4)).astype(np.float32),  # image-shaped
+    ]
+    for x in arrays:
+        for kind in ("standard", "minmax", "global"):
+            for chunk_rows in (7, 1 << 16):
+                got = Normalizer.fit(x, kind, chunk_rows=chunk_rows)
+                shift, scale = _whole_array_fit(x, kind)
+                assert got.shift.tobytes() == shift.tobytes() and got.scale.tobytes() == scale.tobytes(), (x.shape, kind, chunk_rows)
+            applied = got.apply(x.copy(), inplace=True)
+            assert applied.tobytes() == ((x - got.shift) / got.scale).astype(np.float32).tobytes()
+
+    big = rng.standard_normal((200_000, 20)).astype(np.float32)  # 16 MB; its float64 copy would be 32 MB
+    tracemalloc.start()
+    Normalizer.fit(big, "standard", chunk_rows=1 << 14)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < big.nbytes / 2, peak  # a chunk and its running total (the whole-array fit: > 2 x big.nbytes)
