@@ -34,7 +34,9 @@ config = validate(json.loads(sys.argv[1]), {}, "benchmark")
 data = prepare(config)
 seconds = time.perf_counter() - t0
 nbytes = sum(data.arrays[s][0].nbytes for s in ("train", "val", "test"))
-print(json.dumps({"seconds": seconds, "encoded_bytes": nbytes, "columns": data.input_shape[0]}))
+# VmHWM: this process's own peak (ru_maxrss would also count the parent's peak, kept across fork+exec)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024
+print(json.dumps({"seconds": seconds, "encoded_bytes": nbytes, "columns": data.input_shape[0], "peak_rss": hwm}))
 """
 
 
@@ -80,8 +82,8 @@ def run(rows: int, workdir: Path) -> dict[str, float]:
     if proc.returncode != 0:
         raise RuntimeError(f"prepare failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the prepare process only (the table was written here)
-    peak = usage.ru_maxrss * 1024  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU time of the prepare process (the table was written here)
+    peak = result["peak_rss"]
     return {
         "rows": rows,
         "feature_columns": 30,

@@ -189,6 +189,11 @@ def test_a_table_config_error_exits_2_through_the_cli_naming_the_column(workdir:
     rc, output = cli(workdir, "prepare", str(cfg))
     assert rc == 2 and "error: data.features: column 'notes' has no values in the training rows" in output
     assert "Traceback" not in output
+    # Index encoding for a model without embeddings: named before training starts.
+    data = {"source": "csv", "path": "t.csv", "target": "label", "drop": ["id", "notes"], "categorical_encoding": "index"}
+    cfg = write_config(workdir / "mlp.yaml", tiny_config(data=data))
+    rc, output = cli(workdir, "train", str(cfg), "--run-dir", "run", name="train")
+    assert rc == 2 and "error: model.name: mlp takes no 'cardinalities'" in output and "Traceback" not in output
 
 
 def wine_frame(seed: int = 0) -> pd.DataFrame:

@@ -198,7 +198,7 @@ def _prepare_arrays(config: Config, verbose: bool, raw: Any) -> PreparedData:
     if raw.encode is not None:  # a table: its encoding is fitted on the training rows only, so it follows the split
         raw.x, table = raw.encode(_split_indices(config, raw.y)["train"])
         raw.feature_names = table["outputs"]
-    data = _build(config, raw.x, raw.y, raw.class_names, raw.feature_names, fp, path)
+    data = _build(config, raw, fp, path)
     data.table = table
     _save(data)
     return data
@@ -233,7 +233,12 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], features: list[str], fp: str, path: Path) -> PreparedData:
+def _build(config: Config, raw: Any, fp: str, path: Path) -> PreparedData:
+    """Split and normalise `raw` (a `RawData`). A table's encoded matrix is released once split (the splits are
+    copies), so prepare holds it once, not twice; other sources' arrays may still be in use by their caller."""
+    x, y, classes, features = raw.x, raw.y, raw.class_names, raw.feature_names
+    if raw.encode is not None:
+        raw.x = None
     if len(x) != len(y):
         raise ConfigError(f"data: {len(x)} inputs but {len(y)} targets")
     # NaN/Inf inputs would surface much later as a "non-finite loss" that blames the learning rate.
@@ -245,6 +250,7 @@ def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], fea
     parts = _split_indices(config, y)
     # Each split is a fresh copy (fancy indexing), so the normalisation is applied to it in place.
     arrays = {s: (x[parts[s]], y[parts[s]]) for s in SPLITS}
+    del x
     norm = Normalizer.fit(arrays["train"][0], config.data.normalize)
     arrays = {s: (norm.apply(sx, inplace=True), sy) for s, (sx, sy) in arrays.items()}
     if config.task == "classification":

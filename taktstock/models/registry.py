@@ -78,6 +78,11 @@ def build_model(
     if vocab_size is not None:
         injected["vocab_size"] = vocab_size
     if cardinalities is not None:
+        if "cardinalities" not in sig:  # it would fail at its first forward, on the (numeric, categorical) fields
+            raise ConfigError(
+                f"model.name: {name} takes no 'cardinalities', so not the level indices of data.categorical_encoding=index; "
+                "use model.name=tabular, or data.categorical_encoding=onehot"
+            )
         injected["cardinalities"] = list(cardinalities)
     kwargs = {k: v for k, v in injected.items() if k in sig}
     kwargs.update(params)
