@@ -1,6 +1,6 @@
 """Tables: prepare time and peak memory for a large mixed-type Parquet file (issue 15's targets).
 
-    python -m benchmarks.tables [--rows 1000000] [--workdir DIR]
+    python -m benchmarks.tables [--rows 1000000] [--workdir DIR] [--batches]
 
 Writes a Parquet table of `rows` rows and 30 feature columns (16 float, 8 of them with 5% gaps; 2 integer;
 6 text categories of 4-50 levels with 3% gaps; 3 boolean with gaps; 2 timestamps) plus a 3-class target,
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,15 +100,41 @@ def run(rows: int, workdir: Path) -> dict[str, float]:
     }
 
 
+def batch_throughput(path: Path, workdir: Path, rounds: int = 3) -> dict[str, list[float]]:
+    """Training batches per second (as samples/s) of the onehot in-memory matrix and the index dict samples."""
+    import torch
+
+    from taktstock.config.loader import validate
+    from taktstock.data.loaders import build_train_batches
+    from taktstock.data.prepare import prepare
+
+    torch.set_num_threads(1)
+    result: dict[str, list[float]] = {}
+    for encoding in ("onehot", "index"):
+        data = {"source": "parquet", "path": str(path), "target": "target", "cache_dir": str(workdir / "prepared")}
+        config = validate({"data": data | {"categorical_encoding": encoding}, "train": {"batch_size": 512}}, {}, "benchmark")
+        split = prepare(config).split("train")
+        for _ in range(rounds):
+            batches = build_train_batches(split, config, torch.device("cpu"))
+            t0, n = time.perf_counter(), 0
+            for batch in batches.epoch(0):
+                n += len(batch["labels"] if isinstance(batch, dict) else batch[1])
+            result.setdefault(encoding, []).append(n / (time.perf_counter() - t0))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=None, help="Where the table and cache go (default: a temporary directory).")
+    parser.add_argument("--batches", action="store_true", help="Also time training batches: onehot in-memory matrix vs index dict samples.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, workdir)
+        result: dict[str, Any] = run(args.rows, workdir)
+        if args.batches:
+            result["batch_samples_per_s"] = batch_throughput(workdir / "table.parquet", workdir)
     for key, value in result.items():
         print(f"{key:>24}: {value:.3f}" if isinstance(value, float) else f"{key:>24}: {value}")
     print(json.dumps(result))
