@@ -18,7 +18,8 @@ def predict(
     input: Annotated[
         Path,
         typer.Argument(
-            help="Raw inputs: a CSV (columns matched by feature name), a Parquet/TSV table (table runs), or an NPZ with array 'x'."
+            help="Raw inputs: a CSV (columns matched by feature name), a Parquet/TSV table (table runs), an NPZ with array 'x', "
+            "or image files (a file or folder)."
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="Write predictions to this CSV (default: print).")] = None,

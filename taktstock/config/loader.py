@@ -218,9 +218,12 @@ def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
     from taktstock.utils.imports import is_import_path
 
     if not is_import_path(config.data.source):
-        SOURCES.get(
-            config.data.source, " or use 'module:Class'; a source registered with @register_source needs its module listed under plugins"
+        entry = SOURCES.get(
+            config.data.source,
+            " or use 'module:Class'; a source registered with @register_source or @register_dataset needs its module listed under plugins",
         )
+        if entry.meta.get("check") is not None:
+            entry.meta["check"](config)  # the source's own settings (e.g. image transforms), before any data is read
     loss, task = config.loss.name, config.data.task
     if not is_import_path(loss):
         implied = LOSSES.get(loss, " or use 'module:callable'").meta["task"]

@@ -67,10 +67,10 @@ class DataConfig(Section):
     source: str = Field(
         "digits",
         description="Data source: digits, wine, breast_cancer, iris, diabetes, csv (also .tsv, .csv.gz), parquet, npz, "
-        "synthetic, or an import path 'module:Class' of a user dataset.",
+        "synthetic, imagefolder, image_csv, or an import path 'module:Class' of a user dataset.",
     )
-    path: str | None = Field(None, description="Input file for csv/parquet/npz sources.")
-    target: str | None = Field(None, description="Target column (csv/parquet) or array name (npz, default 'y').")
+    path: str | None = Field(None, description="Input file for csv/parquet/npz/image_csv sources, image folder for imagefolder.")
+    target: str | None = Field(None, description="Target column (csv/parquet, image_csv) or array name (npz, default 'y').")
     features: list[str] | None = Field(
         None, description="Feature columns (csv/parquet); default: all columns except the target and data.drop."
     )
@@ -105,7 +105,9 @@ class DataConfig(Section):
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for testing.")
     stratify: bool = Field(True, description="Stratify the split by class for classification data.")
     normalize: Literal["standard", "minmax", "global", "none"] = Field(
-        "standard", description="Normalisation fitted on the training split only: per-feature standard, minmax, global, or none."
+        "standard",
+        description="Normalisation fitted on the training split only: per-feature standard, minmax, global, or none "
+        "(images: per-channel statistics of a bounded sample).",
     )
     cache_dir: str = Field("data/prepared", description="Where prepared (split + normalised) arrays are cached.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -119,6 +121,31 @@ class DataConfig(Section):
     memory_budget_mb: float = Field(1024.0, gt=0, description="Largest prepared dataset used in-memory by in_memory='auto'.")
     on_device: bool = Field(False, description="Keep in-memory data on the accelerator (GPU) instead of host memory.")
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(), description="Training-time augmentation.")
+    # Image sources (imagefolder, image_csv): see docs/data.md.
+    image_column: str = Field("path", description="image_csv: column of image paths (relative to the manifest's folder).")
+    image_size: int | list[int] | None = Field(
+        None, description="Images: height and width after resizing, an int or [h, w]; default: the size of the first image."
+    )
+    channels: Literal[1, 3] = Field(3, description="Images: 1 (grayscale) or 3 (RGB) channels after decoding.")
+    transforms: TransformsConfig = Field(
+        default_factory=lambda: TransformsConfig(), description="Images: torchvision.transforms.v2 pipelines per phase."
+    )
+    bad_samples: Literal["error", "skip"] = Field(
+        "error", description="Images: an unreadable or truncated file stops with its path (error) or is left out with a warning (skip)."
+    )
+    image_cache: Literal["none", "memmap", "auto"] = Field(
+        "none",
+        description="Images: keep resized uint8 pixels in a memory-mapped file so epochs need no decoding; "
+        "'auto' uses it when it fits memory_budget_mb.",
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: int | list[int] | None) -> int | list[int] | None:
+        sizes = [v] if isinstance(v, int) else (v or [])
+        if (isinstance(v, list) and len(v) != 2) or any(s < 1 for s in sizes):
+            raise ValueError("must be a positive int or [height, width]")
+        return v
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
@@ -132,6 +159,26 @@ class DataConfig(Section):
         if v is not None and not (isinstance(v, int) and v >= 1) and not (isinstance(v, float) and 0 < v < 1):
             raise ValueError("must be a count >= 1 or a fraction between 0 and 1")
         return v
+
+
+TransformItem = str | dict[str, dict[str, Any] | None]
+
+
+class TransformsConfig(Section):
+    train: list[TransformItem] = Field(
+        default_factory=list,
+        description="Training transforms: torchvision.transforms.v2 class names or one-key mappings {Name: {kwargs}}; "
+        "resize to image_size, float conversion and normalisation are added unless listed.",
+    )
+    eval: list[TransformItem] = Field(default_factory=list, description="Validation, test and predict transforms (same form).")
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _one_key(cls, items: list[TransformItem]) -> list[TransformItem]:
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and len(item) != 1:
+                raise ValueError(f"item {i} must be a name or a mapping with one key {{Name: {{kwargs}}}}, got {sorted(item)}")
+        return items
 
 
 class AugmentConfig(Section):
@@ -374,4 +421,5 @@ class Config(Section):
         return "regression" if entry is not None and entry.meta["task"] == "regression" else "classification"
 
 
+TransformsConfig.model_rebuild()
 DataConfig.model_rebuild()

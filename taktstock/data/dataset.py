@@ -11,7 +11,8 @@ random transforms). Samples are `(inputs, target)` tuples or dicts of named fiel
 under `"labels"`; `collate` builds batches of the same structure. A split may also offer
 `get_batch(indices, epoch)`, a whole-batch fast path used instead of per-sample collation.
 
-A new source plugs in with `@register_dataset("name")` on a function `config -> PreparedDataset`.
+A new source plugs in with `@register_dataset("name")` on a function `config -> PreparedDataset`;
+it lands in `registry.SOURCES`, which config validation asks (with the source's own `check`, if any).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
+
+from taktstock.registry import SOURCES
 
 Key = int | tuple[int, int]
 SPLITS = ("train", "val", "test")
@@ -137,26 +140,30 @@ class PreparedDataset(Protocol):
     def preprocessing(self) -> dict[str, Any]: ...
 
 
-_DATASETS: dict[str, Callable[[Any], PreparedDataset]] = {}
+def register_dataset(
+    name: str, check: Callable[[Any], None] | None = None
+) -> Callable[[Callable[[Any], PreparedDataset]], Callable[[Any], PreparedDataset]]:
+    """Decorator: make `fn(config) -> PreparedDataset` available as `data.source: <name>`.
 
-
-def register_dataset(name: str) -> Callable[[Callable[[Any], PreparedDataset]], Callable[[Any], PreparedDataset]]:
-    """Decorator: make `fn(config) -> PreparedDataset` available as `data.source: <name>`."""
+    `check(config)`, when given, runs at config load (before any data is read) and raises a
+    `ConfigError` naming the key for settings the source cannot use.
+    """
 
     def decorate(fn: Callable[[Any], PreparedDataset]) -> Callable[[Any], PreparedDataset]:
-        _DATASETS[name] = fn
-        return fn
+        # In the registry config validation asks, so `data.source: name` passes the load-time check.
+        return SOURCES.register(name, fn, kind="dataset", check=check)
 
     return decorate
 
 
 def dataset_source(name: str) -> Callable[[Any], PreparedDataset] | None:
     """The registered prepared-dataset builder for `data.source: name`, if there is one."""
-    return _DATASETS.get(name)
+    entry = SOURCES.find(name)  # the first lookup imports the built-in sources (image folders among them)
+    return entry.obj if entry is not None and entry.meta.get("kind") == "dataset" else None
 
 
 def registered_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return SOURCES.where(kind="dataset")
 
 
 def to_tensor(value: Any) -> Any:

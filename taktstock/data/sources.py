@@ -266,3 +266,8 @@ def user_arrays(config: Config, obj: Any, produced: Any) -> RawData:
         return RawData(x.astype(np.float32), y.astype(np.float32), fp)
     y_ids, found = _targets(y.tolist(), config)
     return RawData(x.astype(np.float32), y_ids, fp, class_names=found)
+
+
+# The built-in prepared-dataset sources register here too, so one provider module lists every name
+# config validation accepts (the import is light: the image code loads when a source is prepared).
+import taktstock.data.images.source  # noqa: E402, F401

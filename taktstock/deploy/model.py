@@ -82,6 +82,9 @@ class LoadedRun:
         """Raw-scale inputs around the training distribution (shift + scale * noise) for export checks."""
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn((n, *self.model.input_shape), generator=g)
+        if self.preprocessing.get("kind") == "image":
+            # Image models take (N, C, H, W) images as the eval transforms leave them (normalised floats).
+            return noise
         return (self.model.shift + self.model.scale * noise).reshape(n, -1)
 
 
@@ -97,9 +100,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool =
         output = "identity"
     else:
         output = "sigmoid" if prep["num_outputs"] == 1 else "softmax"
-    norm = prep["normalizer"]
-    shift = torch.tensor(norm["shift"], dtype=torch.float32)
-    scale = torch.tensor(norm["scale"], dtype=torch.float32)
+    shape = tuple(prep["input_shape"])
+    if prep.get("kind") == "image":  # image files are normalised by their eval transforms (data/images/inference.py)
+        shift, scale = torch.zeros(shape), torch.ones(shape)
+    else:
+        norm = prep["normalizer"]
+        shift = torch.tensor(norm["shift"], dtype=torch.float32)
+        scale = torch.tensor(norm["scale"], dtype=torch.float32)
     if "table" in prep and set(spec) == {"numeric", "categorical"}:
         if not table_fields:
             raise ConfigError(
@@ -110,5 +117,5 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool =
     if set(spec) != {"inputs"} or spec["inputs"]["dtype"] != "float32":
         fields = ", ".join(f"{k} ({v['dtype']})" for k, v in spec.items())
         raise ConfigError(f"{run_dir}: predict and export take rows of float features; this run's samples have the fields {fields}")
-    model = InferenceModel(trained.model, shift, scale, tuple(prep["input_shape"]), output).eval()
+    model = InferenceModel(trained.model, shift, scale, shape, output).eval()
     return LoadedRun(config, prep, model)

@@ -1,4 +1,4 @@
-"""`taktstock predict`: batch inference on a CSV, Parquet or NPZ file with the run's stored preprocessing.
+"""`taktstock predict`: batch inference on a CSV, Parquet or NPZ file (or image files) with the run's stored preprocessing.
 
 Inputs are raw feature rows (as in the training source); the normalisation fitted at training time is read
 from RUN_DIR/preprocessing.json and applied inside the model, never refitted on the new data. For a run trained on
@@ -87,16 +87,49 @@ def _read_csv(path: Path, loaded: LoadedRun) -> np.ndarray:
         raise UserError(f"{path}: non-numeric or missing value ({exc})") from None
 
 
+def image_files(path: Path) -> list[Path]:
+    """An image file, or every image file under a folder (sorted), for a run trained on images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"input file not found: {path}")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise UserError(f"{path}: no image files ({' '.join(IMG_EXTENSIONS)})")
+    return files
+
+
 def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024) -> tuple[list[str], list[list]]:
-    """(CSV header, rows): the predicted class name and per-class probabilities, or the predicted value."""
+    """(CSV header, rows): the predicted class name and per-class probabilities, or the predicted value.
+
+    For a run trained on images the input is an image file or a folder of them, and each row starts
+    with the file's path; the eval transforms of training turn files into model inputs.
+    """
     loaded = load_run(run_dir, checkpoint, table_fields=True)
-    inputs = [torch.from_numpy(a) for a in read_inputs(Path(input_path), loaded)]
-    n = len(inputs[0])
+    files: list[Path] = []
+    if loaded.preprocessing.get("kind") == "image":
+        from taktstock.data.images.inference import ImageInputs
+
+        files = image_files(Path(input_path))
+        to_inputs = ImageInputs(loaded.preprocessing)
+        inputs = [torch.cat([to_inputs(files[i : i + batch_size]) for i in range(0, len(files), batch_size)])]
+    else:
+        inputs = [torch.from_numpy(a) for a in read_inputs(Path(input_path), loaded)]
+    header, rows = _outputs(loaded, inputs, batch_size)
+    if files:
+        return ["file", *header], [[str(f), *row] for f, row in zip(files, rows, strict=True)]
+    return header, rows
+
+
+def _outputs(loaded: LoadedRun, inputs: list[torch.Tensor], batch_size: int) -> tuple[list[str], list[list]]:
+    count = len(inputs[0])
     with torch.no_grad():
-        batches = [loaded.model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, n, batch_size)]
+        batches = [loaded.model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, count, batch_size)]
     out = torch.cat(batches) if batches else torch.empty(0)
     if loaded.config.task == "regression":
-        values = out.reshape(n, -1)
+        values = out.reshape(count, -1)
         header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
         return header, values.tolist()
     classes = loaded.class_names
