@@ -43,6 +43,7 @@ def _register() -> None:
         config_cmd,
         evaluate_cmd,
         export_cmd,
+        models_cmd,
         new_cmd,
         pipeline_cmd,
         predict_cmd,
@@ -65,6 +66,7 @@ def _register() -> None:
         promote_cmd,
         export_cmd,
         predict_cmd,
+        models_cmd,
     )
     for module in modules:
         module.register(app)

@@ -5,7 +5,8 @@ RUN_DIR/run.json            status, timings, best metric (for `taktstock runs`)
 RUN_DIR/metrics.jsonl       logged metrics
 RUN_DIR/checkpoints/        periodic checkpoints, last, best
 RUN_DIR/model.safetensors   final weights
-RUN_DIR/best.safetensors    best weights by the monitored metric
+RUN_DIR/best.safetensors    best weights by the monitored metric (train.ema: the EMA's)
+RUN_DIR/ema.safetensors     train.ema: the final EMA weights
 RUN_DIR/preprocessing.json  normalisation and class names, for predict/export
 RUN_DIR/eval/               evaluate's metrics.json, report.json, confusion_matrix.png
 RUN_DIR/tensorboard/        event files
@@ -41,6 +42,7 @@ class RunDir:
     checkpoints = property(lambda self: self.root / "checkpoints")
     model = property(lambda self: self.root / "model.safetensors")
     best = property(lambda self: self.root / "best.safetensors")
+    ema = property(lambda self: self.root / "ema.safetensors")
     preprocessing = property(lambda self: self.root / "preprocessing.json")
     eval_dir = property(lambda self: self.root / "eval")
     tensorboard = property(lambda self: self.root / "tensorboard")

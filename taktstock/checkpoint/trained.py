@@ -37,15 +37,17 @@ def weights_path(run: RunDir, which: str) -> Path:
     return weights
 
 
-def load_trained_model(run_dir: str | Path | RunDir, which: str = "best", device: torch.device | None = None) -> TrainedModel:
+def load_trained_model(
+    run_dir: str | Path | RunDir, which: str = "best", device: torch.device | None = None, weights: str | None = None
+) -> TrainedModel:
     """The run's model with its `which` (best or last) weights; a run interrupted before writing its
-    final weights falls back to its last checkpoint."""
+    final weights falls back to its last checkpoint. `weights`: ema or raw for a train.ema run (default ema)."""
     from taktstock.models.registry import build_model
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     if not run.config.is_file():
         raise ConfigError(f"not a run directory (no config.yaml): {run.root}")
-    weights = weights_path(run, which)
+    path = weights_path(run, which)
     if not run.preprocessing.is_file():
         raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
     config = load_config(run.config)
@@ -55,13 +57,42 @@ def load_trained_model(run_dir: str | Path | RunDir, which: str = "best", device
     fields = (prep.get("spec") or {}).values()
     vocab = next((f.get("vocab_size") for f in fields if f.get("vocab_size") is not None), None)
     cards = next((f.get("cardinalities") for f in fields if f.get("cardinalities") is not None), None)
+    m = config.model
     model = build_model(
-        config.model.name, config.model.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab_size=vocab, cardinalities=cards
+        m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab, m.hf_config, prep.get("task", config.task), cards
     )
-    if weights.is_file():
-        load_weights(model, weights)
+    state = _ema_or_raw(run, config, which, weights) if weights is not None else None
+    if state is not None:
+        model.load_state_dict(state)
+    elif path.is_file():
+        load_weights(model, path)
     elif (run.checkpoints / "last.pt").is_file():  # training interrupted before final weights were written
         model.load_state_dict(load_checkpoint(run.checkpoints / "last.pt")["model"])
     else:
-        raise ConfigError(f"{run.root} has no trained weights yet ({weights.name} missing; has training finished?)")
+        raise ConfigError(f"{run.root} has no trained weights yet ({path.name} missing; has training finished?)")
     return TrainedModel(config, prep, model.to(device or torch.device("cpu")).eval())
+
+
+def _ema_or_raw(run: RunDir, config: Config, which: str, weights: str) -> dict[str, Any] | None:
+    """--weights of a train.ema run, whose files hold both: best.safetensors and ema.safetensors the EMA,
+    model.safetensors and checkpoints/best.pt ("model") the raw weights. None: the default file of `which`."""
+    from safetensors.torch import load_file
+
+    if weights not in ("ema", "raw"):
+        raise ConfigError(f"--weights: expected ema or raw, got '{weights}'")
+    if config.train.ema is None:
+        if weights == "ema":
+            raise ConfigError(f"--weights ema: {run.root} was trained without train.ema")
+        return None  # the run's only weights are raw
+    if weights == "ema":
+        if which == "best":
+            return None  # best.safetensors
+        if not run.ema.is_file():
+            raise ConfigError(f"--weights ema: {run.root} has no {run.ema.name} yet (written when training finishes)")
+        return load_file(str(run.ema))
+    if which == "last":
+        return None  # model.safetensors
+    best = run.checkpoints / "best.pt"
+    if not best.is_file():
+        raise ConfigError(f"--weights raw: {run.root} has no checkpoints/best.pt with the raw best weights")
+    return load_checkpoint(best)["model"]

@@ -22,6 +22,7 @@ from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
 from taktstock.training.distributed import DistEnv
 from taktstock.training.losses import build_loss
+from taktstock.training.optim import build_optimizer
 from taktstock.training.step import normalize_step_output
 
 
@@ -46,6 +47,15 @@ def parameter_table(model: nn.Module) -> list[tuple[str, str, int]]:
     return rows
 
 
+def print_param_groups(optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer groups with their lr, weight decay and trainable/frozen parameter counts."""
+    from taktstock.training.param_groups import group_counts
+
+    print(f"{'parameter group':<28} {'lr':>10} {'decay':>8} {'trainable':>12} {'frozen':>12}")
+    for name, lr, wd, trainable, frozen in group_counts(optimizer):
+        print(f"{name:<28} {lr:>10.3g} {wd:>8.3g} {trainable:>12,} {frozen:>12,}")
+
+
 def dry_run(config_path: Path | None, overrides: list[str]) -> None:
     config = load_config(config_path, overrides)
     print("# resolved config")
@@ -61,7 +71,8 @@ def dry_run(config_path: Path | None, overrides: list[str]) -> None:
     print(f"{'layer':<28} {'type':<20} {'parameters':>12}")
     for name, kind, count in parameter_table(model):
         print(f"{name:<28} {kind:<20} {count:>12,}")
-    print(f"parameters: {params:,} ({trainable:,} trainable)")
+    print(f"parameters: {params:,} ({trainable:,} trainable, {params - trainable:,} frozen)")
+    print_param_groups(build_optimizer(config.optim, model))
     print("# data")
     print(f"source: {config.data.source} ({config.task}); input shape {input_shape(data.spec())}, outputs {data.num_outputs}")
     for split in ("train", "val", "test"):

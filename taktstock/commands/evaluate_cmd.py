@@ -16,8 +16,9 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
     checkpoint: Annotated[str, typer.Option(help="Weights to evaluate: best or last.")] = "best",
     split: Annotated[str, typer.Option(help="Split: test, val or train.")] = "test",
+    weights: Annotated[str | None, typer.Option(help="train.ema runs: ema (default) or raw weights.")] = None,
 ) -> None:
     """Evaluate a trained run; writes RUN_DIR/eval/metrics.json, report.json and confusion_matrix.png."""
     from taktstock.evaluation.evaluate import evaluate as run_evaluate
 
-    run_evaluate(run_dir, checkpoint=checkpoint, split=split)
+    run_evaluate(run_dir, checkpoint=checkpoint, split=split, weights=weights)

@@ -154,8 +154,13 @@ def _import_plugins(config: Config) -> None:
 
 def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
     """Check model arguments against the model's constructor and fill in its defaults."""
+    from taktstock.models import finetune, zoo
     from taktstock.models.registry import constructor_params, get_model_class
 
+    finetune.check_model_config(config)
+    if zoo.is_zoo_name(config.model.name):  # torchvision:/timm:/hf: builders check their own arguments
+        zoo.check_params(config.model.name, config.model.params())
+        return
     cls = get_model_class(config.model.name)
     params = constructor_params(cls)
     try:  # resolves string annotations (from __future__ import annotations)

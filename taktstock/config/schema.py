@@ -192,9 +192,37 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: str = Field("mlp", description="Registered model name (mlp, cnn, resnet, tabular) or import path 'module:Class'.")
+    name: str = Field(
+        "mlp",
+        description="Registered model name (mlp, cnn, resnet, tabular), a model from the ecosystem (torchvision:<name>, "
+        "timm:<name>, hf:<directory or cached id>) or an import path 'module:Class'. `taktstock models` lists them.",
+    )
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
+    )
+    # -- fine-tuning (models/weights.py, models/finetune.py) --
+    weights: str | None = Field(
+        None,
+        description="Initial weights: a .safetensors or .pt state dict, or a taktstock run directory (its best.safetensors); "
+        "loaded with weights_only, never downloaded.",
+    )
+    weights_strict: bool = Field(
+        True, description="Every weight must match the model; false loads what matches by name and shape and lists the rest."
+    )
+    pretrained: bool = Field(
+        False,
+        description="torchvision/timm: start from the architecture's pretrained weights, found only in the local cache "
+        "(TORCH_HOME, the Hugging Face cache); the head and a 1-channel first conv are adapted.",
+    )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns of parameter names to freeze (requires_grad=False); frozen normalisation layers stay in eval mode.",
+    )
+    unfreeze_at_epoch: int | None = Field(
+        None, ge=0, description="Unfreeze the model.freeze parameters from this epoch on (gradual unfreezing)."
+    )
+    hf_config: dict[str, Any] | None = Field(
+        None, description="hf:: build a randomly initialised model from this Hugging Face config (model_type plus its fields)."
     )
 
     @model_validator(mode="before")
@@ -203,8 +231,17 @@ class ModelConfig(BaseModel):
         return coerce_literals(cls, data)
 
     def params(self) -> dict[str, Any]:
-        """Constructor keyword arguments (everything except name and init)."""
+        """Constructor keyword arguments (everything except the fields above)."""
         return dict(self.model_extra or {})
+
+
+class ParamGroupConfig(Section):
+    params: str | list[str] = Field(..., description="Glob pattern(s) of parameter names in this group, e.g. 'head.*'.")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="Name in the logs (lr/<name>); default: the patterns without glob characters."
+    )
+    lr: float | None = Field(None, gt=0, description="Learning rate of the group (default optim.lr).")
+    weight_decay: float | None = Field(None, ge=0, description="Weight decay of the group (default optim.weight_decay).")
 
 
 class OptimConfig(BaseModel):
@@ -218,6 +255,20 @@ class OptimConfig(BaseModel):
         description="One fused kernel for all parameters. Default: on where torch has one for this optimizer and "
         "device (Adam, AdamW, SGD, Adagrad on CPU and CUDA), unless foreach/capturable/differentiable is set; "
         "false keeps torch's default implementation.",
+    )
+    # -- parameter groups (training/param_groups.py) --
+    param_groups: list[ParamGroupConfig] = Field(
+        default_factory=list,
+        description="Parameter groups {params: glob(s), lr, weight_decay, name}; first match wins, the rest form the default group.",
+    )
+    no_decay: list[str] | None = Field(
+        None, description="Glob patterns of parameters without weight decay; default: biases and normalisation weights; [] decays all."
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: layer k of L gets lr * layer_decay**(L-k) (ViT, ConvNeXt, BERT, timm models).",
     )
 
     def kwargs(self) -> dict[str, Any]:
@@ -247,6 +298,11 @@ class LossConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a custom loss.")
 
 
+class EmaConfig(Section):
+    decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per update: ema = decay * ema + (1 - decay) * weights.")
+    every_n_steps: int = Field(1, ge=1, description="Update the EMA every N optimizer steps.")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Number of epochs.")
     max_steps: int | None = Field(None, ge=1, description="Optional cap on optimizer steps (stops early when reached).")
@@ -266,6 +322,9 @@ class TrainConfig(Section):
     step_fn: str | None = Field(None, description="Import path 'module:function' of a custom training step (batch -> loss).")
     callbacks: list[str] = Field(default_factory=list, description="Import paths 'module:Class' of user callbacks.")
     channels_last: bool = Field(False, description="Use channels_last memory format for conv nets (on GPU).")
+    ema: EmaConfig | None = Field(
+        None, description="Exponential moving average of the weights: validated, checkpointed and exported as best.safetensors."
+    )
 
     @field_validator("device")
     @classmethod

@@ -21,8 +21,11 @@ from taktstock.training.losses import build_loss
 from taktstock.training.precision import autocast_factory
 
 
-def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.device | None = None) -> tuple[Any, Any, Any]:
-    """(config, prepared data, model in eval mode with the chosen weights) on the run's device."""
+def load_trained_model(
+    run: RunDir, checkpoint: str = "best", device: torch.device | None = None, weights: str | None = None
+) -> tuple[Any, Any, Any]:
+    """(config, prepared data, model in eval mode with the chosen weights) on the run's device;
+    `weights`: ema or raw for a train.ema run."""
     from taktstock.training.device import select_device
 
     config = load_config(run.config) if run.config.is_file() else None
@@ -31,16 +34,20 @@ def load_trained_model(run: RunDir, checkpoint: str = "best", device: torch.devi
             device = select_device(config.train.device)
         except ConfigError:  # trained on an accelerator this machine lacks
             device = torch.device("cpu")
-    trained = load_trained_model_of(run, checkpoint, device)
+    trained = load_trained_model_of(run, checkpoint, device, weights)
     return trained.config, prepare(trained.config), trained.model
 
 
-def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test", quiet: bool = False) -> dict[str, float]:
-    """Evaluate a run on `split`; writes RUN_DIR/eval/{metrics.json, report.json, confusion_matrix.png}."""
+def evaluate(
+    run_dir: str | Path, checkpoint: str = "best", split: str = "test", quiet: bool = False, weights: str | None = None
+) -> dict[str, float]:
+    """Evaluate a run on `split`; writes RUN_DIR/eval/{metrics.json, report.json, confusion_matrix.png}.
+
+    `weights`: ema or raw for a run trained with train.ema (default: its EMA weights)."""
     run = RunDir(Path(run_dir))
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got '{split}'")
-    config, data, model = load_trained_model(run, checkpoint)
+    config, data, model = load_trained_model(run, checkpoint, weights=weights)
     device = next(model.parameters()).device
     part = data.split(split)
     if len(part) == 0:

@@ -67,11 +67,18 @@ def build_model(
     input_shape: tuple[int, ...],
     num_outputs: int,
     vocab_size: int | None = None,
+    hf_config: dict[str, Any] | None = None,
+    task: str = "classification",
     cardinalities: list[int] | None = None,
 ) -> nn.Module:
     """Instantiate a model, passing the data-derived arguments the class accepts (from the sample spec):
     `input_shape`, `num_outputs`, for token inputs `vocab_size` unless the config sets it, and for
-    index-encoded tables `cardinalities` (embedding rows per categorical column)."""
+    index-encoded tables `cardinalities` (embedding rows per categorical column).
+    torchvision:/timm:/hf: names go to their builders (`hf_config`, `task`: see models/hf.py)."""
+    from taktstock.models import zoo
+
+    if zoo.is_zoo_name(name):  # before import paths, which also contain ':'
+        return zoo.build(name, params, input_shape, num_outputs, hf_config, task, vocab_size)
     cls = get_model_class(name)
     sig = inspect.signature(cls.__init__).parameters
     injected: dict[str, Any] = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}

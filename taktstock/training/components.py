@@ -10,22 +10,30 @@ from torch import nn
 
 from taktstock.config.schema import Config, TrainConfig
 from taktstock.data.dataset import PreparedDataset, input_shape
+from taktstock.models.finetune import freeze
 from taktstock.models.init import initialize
 from taktstock.models.registry import build_model
+from taktstock.models.weights import load_initial_weights
 from taktstock.training.distributed import DistEnv, wrap_model
 from taktstock.training.step import StepFn, default_step
 from taktstock.utils.imports import import_object
 
 
-def build_model_for(config: Config, data: PreparedDataset, device: torch.device, dist: DistEnv) -> tuple[nn.Module, nn.Module]:
-    """(plain model, model to call): the second may be compiled and/or wrapped for multi-process training."""
-    spec = data.spec()
+def build_model_for(
+    config: Config, data: PreparedDataset, device: torch.device, dist: DistEnv, initial_weights: bool = True
+) -> tuple[nn.Module, nn.Module]:
+    """(plain model, model to call): the second may be compiled and/or wrapped for multi-process training.
+
+    The model is built from the sample spec; `initial_weights=False` skips model.weights/model.pretrained."""
+    spec, m = data.spec(), config.model
     vocab = next((f.vocab_size for f in spec.values() if f.vocab_size is not None), None)
     cards = next((f.cardinalities for f in spec.values() if f.cardinalities is not None), None)
-    model = build_model(
-        config.model.name, config.model.params(), input_shape(spec), data.num_outputs, vocab_size=vocab, cardinalities=cards
-    )
+    model = build_model(m.name, m.params(), input_shape(spec), data.num_outputs, vocab, m.hf_config, data.task, cardinalities=cards)
     initialize(model, config.model.init)
+    # Fine-tuning: initial weights, then freezing, before the model is moved, wrapped or compiled.
+    if initial_weights:
+        load_initial_weights(model, config.model, announce=dist.is_main)
+    freeze(model, config.model.freeze)
     model.to(device)
     if config.train.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ from torch import nn
 from taktstock.config.schema import Config, OptimConfig
 from taktstock.errors import ConfigError
 from taktstock.registry import OPTIMIZERS
+from taktstock.training.param_groups import build_param_groups
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,10 @@ def build_optimizer(c: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     if fused or auto:
         kwargs["fused"] = True
 
+    groups = _param_groups(c, model, spec)
+
     def build(kw: dict[str, object]) -> torch.optim.Optimizer:
-        return cls(model.parameters(), **kw)
+        return cls(groups, **kw)
 
     try:
         try:
@@ -78,6 +81,16 @@ def build_optimizer(c: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
             return build(kwargs)
     except (TypeError, ValueError, RuntimeError) as exc:  # torch rejects out-of-range values (momentum=-1, betas=[2, 0])
         raise ConfigError(f"optim: {cls.__name__} rejects the given arguments ({exc})") from None
+
+
+def _param_groups(c: OptimConfig, model: nn.Module, spec: OptimizerSpec) -> Any:
+    """optim.param_groups/no_decay/layer_decay: each group carries its own lr and weight decay. Optimizers
+    without weight decay (LBFGS, SparseAdam) get the plain parameters unless groups are asked for."""
+    if "weight_decay" not in spec.accepted:
+        if not (c.param_groups or c.layer_decay):
+            return list(model.parameters())
+        return [{k: v for k, v in g.items() if k != "weight_decay"} for g in build_param_groups(c, model)]
+    return build_param_groups(c, model)
 
 
 def build_scheduler(
@@ -94,7 +107,10 @@ def build_scheduler(
     if s.name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=s.min_lr)
     if s.name == "onecycle":
-        return sched.OneCycleLR(optimizer, max_lr=s.max_lr or config.optim.lr, total_steps=total_steps)
+        # Every parameter group peaks at its own rate, scaled like its lr relative to optim.lr.
+        peak = s.max_lr or config.optim.lr
+        max_lrs = [peak * g["lr"] / config.optim.lr for g in optimizer.param_groups]
+        return sched.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps)
     if s.name == "warmup_cosine":
         warmup, base, floor = s.warmup_steps, config.optim.lr, s.min_lr
 

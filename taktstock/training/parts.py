@@ -25,6 +25,7 @@ from taktstock.training.state import Sums
 from taktstock.training.step import StepFn
 
 if TYPE_CHECKING:
+    from taktstock.training.ema import ModelEma
     from taktstock.training.trainer import Trainer
 
 
@@ -50,6 +51,12 @@ class TrainerParts:
     dist: DistEnv = field(default_factory=DistEnv)
     callbacks: list[Any] = field(default_factory=list)
     save_best_weights: Callable[[dict[str, Any]], None] | None = None  # rank 0: writes best.safetensors
+    ema: ModelEma | None = None  # train.ema: updated after each optimizer step, validated instead of the model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation runs: the EMA weights when train.ema is set."""
+        return self.ema.module if self.ema is not None else self.forward_model
 
 
 class ShardedWeights:
@@ -91,6 +98,8 @@ def register_parts(ckpt: Checkpointer, trainer: Trainer, sharded: bool) -> None:
     else:
         ckpt.register("model", p.model)
         ckpt.register("optimizer", p.optimizer)
+    if p.ema is not None:
+        ckpt.register("ema", p.ema)
     ckpt.register("scheduler", p.scheduler)
     ckpt.register("scaler", p.scaler)
     ckpt.register("loop", trainer.state)  # epoch, batch position (EpochBatchSampler's data position), step, stop reason

@@ -19,6 +19,7 @@ from taktstock.data.loaders import build_train_batches, eval_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError, TrainingAborted
 from taktstock.metrics.collection import EpochMetrics
+from taktstock.models.finetune import finetune_callbacks
 from taktstock.run_dir import RunDir
 from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.factory import build_trackers
@@ -27,6 +28,7 @@ from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
 from taktstock.training.device import select_device
 from taktstock.training.distributed import DistEnv, is_sharded, setup_distributed, teardown_distributed
+from taktstock.training.ema import build_ema
 from taktstock.training.losses import build_loss
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.optim import build_optimizer, build_scheduler
@@ -102,6 +104,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     horizon = schedule_horizon(settings.total_steps, config.scheduler.name, ckpt_state)
     settings = dataclasses.replace(settings, schedule_horizon=horizon)
     optimizer = build_optimizer(config.optim, model)
+    ema = build_ema(config.train.ema, model)  # validated, checkpointed (part "ema") and saved as best.safetensors
     parts = TrainerParts(
         model=model,
         forward_model=forward_model,
@@ -119,8 +122,12 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         autocast=autocast_factory(config.train.precision, device),
         step_fn=components.step_fn_for(config.train),
         dist=dist,
-        callbacks=components.callbacks_for(config.train) + list(callbacks or []),
-        save_best_weights=(lambda state: save_weights(model, run.best, state)) if dist.is_main else None,
+        callbacks=components.callbacks_for(config.train) + finetune_callbacks(config.model, model) + list(callbacks or []),
+        # train.ema: best.safetensors holds the EMA weights (best.pt keeps the raw ones in "model").
+        save_best_weights=(lambda state: save_weights(ema.module if ema else model, run.best, None if ema else state))
+        if dist.is_main
+        else None,
+        ema=ema,
     )
     checkpointer = Checkpointer(writer, config.checkpoint, dist, device, horizon)
     trainer = Trainer(parts, settings, checkpointer, config)
@@ -191,8 +198,10 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
     weights = full_model_state(parts.model, config, dist)  # FSDP: every rank takes part in gathering the weights
     if dist.is_main:
         save_weights(parts.model, run.model, weights)
+        if parts.ema is not None:
+            save_weights(parts.ema.module, run.ema)
         if not run.best.exists():
-            save_weights(parts.model, run.best, weights)
+            save_weights(parts.ema.module if parts.ema is not None else parts.model, run.best, None if parts.ema is not None else weights)
         if config.logging.plots and records:
             from taktstock.tracking.plots import learning_curves
 
@@ -225,7 +234,7 @@ def _clear_previous_run(run: RunDir, announce: bool = True) -> None:
     # A resume that found no valid checkpoint keeps the (damaged) checkpoint files for inspection.
     for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots) if announce else (run.eval_dir, run.tensorboard, run.plots):
         shutil.rmtree(path, ignore_errors=True)
-    for path in (run.metrics, run.model, run.best, run.info):
+    for path in (run.metrics, run.model, run.best, run.ema, run.info):
         path.unlink(missing_ok=True)
 
 

@@ -26,6 +26,7 @@ from taktstock.errors import TrainingAborted
 from taktstock.evaluation.loop import run_eval
 from taktstock.tracking.console import ConsoleProgress
 from taktstock.training.callbacks import Callbacks, Hook
+from taktstock.training.param_groups import lr_record
 from taktstock.training.parts import TrainerParts
 from taktstock.training.settings import LoopSettings
 from taktstock.training.signals import PreemptionHandler
@@ -134,6 +135,8 @@ class Trainer:
         else:
             p.optimizer.step()
         self.state.step += 1
+        if p.ema is not None:
+            p.ema.update(self.state.step)
         if st.histogram_every and self.state.step % st.histogram_every == 0 and p.dist.is_main:
             p.trackers.call("log_histograms", p.model, self.state.step)
         p.optimizer.zero_grad(set_to_none=True)
@@ -211,7 +214,7 @@ class Trainer:
         if p.val_batches is not None:
             metrics.update(
                 run_eval(
-                    p.forward_model, p.val_batches(), p.loss_fn, p.val_metrics, p.device, p.autocast, p.step_fn, self.settings.channels_last
+                    p.eval_model, p.val_batches(), p.loss_fn, p.val_metrics, p.device, p.autocast, p.step_fn, self.settings.channels_last
                 )
             )
         s.last_val_step = s.step
@@ -234,7 +237,7 @@ class Trainer:
             self._check_finite()
         self.tally.interval_checked()
         interval.reset()
-        record["lr"] = self.p.optimizer.param_groups[0]["lr"]
+        record.update(lr_record(self.p.optimizer))  # lr, and lr/<group> for each of several parameter groups
         if self.settings.skip_nan:
             record["train/nan_skips"] = self.state.nan_skips
         elapsed = time.perf_counter() - self._t0
