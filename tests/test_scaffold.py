@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli_env, run_cli
+from conftest import REPO, cli_env, run_cli
 
 # Overrides that keep each example's run short; regression trains its full config (its R2 is checked).
 FAST = {"tabular": ["train.epochs=8"], "image": ["train.epochs=2"], "regression": []}
@@ -28,7 +28,10 @@ def test_new_project_trains_evaluates_and_passes_its_own_tests(tmp_path: Path, e
     for rel in ("data/__init__.py", "data/preprocess.py", "data/dataset.py", "models/net.py", "utils/runs.py", "tests", "experiments"):
         assert (project / rel).exists(), rel
     requirements = (project / "requirements.txt").read_text()
-    assert "torch==2.13.0" in requirements and "taktstock>=" in requirements
+    # The project pins torch and torchvision exactly as taktstock's own environment does.
+    pins = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith(("torch==", "torchvision=="))]
+    assert len(pins) == 2 and all(pin in requirements.splitlines() for pin in pins), (pins, requirements)
+    assert "taktstock>=" in requirements
 
     if example == "tabular":
         # The CLI run from the project directory imports the project's top-level `data` and `models` packages.
