@@ -66,13 +66,40 @@ class ExperimentConfig(Section):
 class DataConfig(Section):
     source: str = Field(
         "digits",
-        description="Data source: digits, wine, breast_cancer, iris, diabetes, csv, npz, synthetic, imagefolder, image_csv, "
-        "text (labelled texts), corpus (text files for language modelling), "
+        description="Data source: digits, wine, breast_cancer, iris, diabetes, csv (also .tsv, .csv.gz), parquet, npz, "
+        "synthetic, imagefolder, image_csv, text (labelled texts), corpus (text files for language modelling), "
         "or an import path 'module:Class' of a user dataset.",
     )
-    path: str | None = Field(None, description="Input file for csv/npz/image_csv sources, image folder for imagefolder.")
-    target: str | None = Field(None, description="Target column (csv, image_csv) or array name (npz, default 'y').")
-    features: list[str] | None = Field(None, description="Feature columns (csv); default: all columns except the target.")
+    path: str | None = Field(None, description="Input file for csv/parquet/npz/image_csv sources, image folder for imagefolder.")
+    target: str | None = Field(None, description="Target column (csv/parquet, image_csv) or array name (npz, default 'y').")
+    features: list[str] | None = Field(
+        None, description="Feature columns (csv/parquet); default: all columns except the target and data.drop."
+    )
+    categorical: list[str] = Field(
+        default_factory=list, description="Table columns to treat as categorical (default: text columns are categorical)."
+    )
+    numeric: list[str] = Field(default_factory=list, description="Table columns to treat as numeric (e.g. numbers stored as text).")
+    drop: list[str] = Field(default_factory=list, description="Table columns not used as features (ids, leaks).")
+    categorical_encoding: Literal["onehot", "index"] = Field(
+        "onehot",
+        description="Tables: categorical columns as one-hot float columns (any model), or as level indices for the "
+        "embeddings of model.name=tabular.",
+    )
+    min_frequency: int | float | None = Field(
+        None,
+        description="Tables: levels seen in fewer training rows (an int) or a smaller fraction of them (a float < 1) "
+        "merge into one 'rare' level.",
+    )
+    max_categories: int = Field(
+        200, ge=2, description="Tables: a categorical column with more levels than this is an error (likely an id column)."
+    )
+    numeric_impute: Literal["median", "mean", "most_frequent"] = Field(
+        "median",
+        description="Tables: fill value of missing numeric cells (fitted on the training split; a missing-indicator column is added).",
+    )
+    datetime: Literal["parts", "drop"] = Field(
+        "parts", description="Tables: date columns become year, month, day of week (and hour where times occur), or are dropped."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a user dataset class or synthetic data.")
     task: Literal["auto", "classification", "regression", "language_modeling"] = Field(
         "auto", description="Task type; 'auto' follows from the source (corpus: language_modeling), else from the loss."
@@ -140,6 +167,13 @@ class DataConfig(Section):
             raise ValueError("val_fraction + test_fraction must be < 1")
         return self
 
+    @field_validator("min_frequency")
+    @classmethod
+    def _min_frequency(cls, v: int | float | None) -> int | float | None:
+        if v is not None and not (isinstance(v, int) and v >= 1) and not (isinstance(v, float) and 0 < v < 1):
+            raise ValueError("must be a count >= 1 or a fraction between 0 and 1")
+        return v
+
 
 TransformItem = str | dict[str, dict[str, Any] | None]
 
@@ -181,8 +215,9 @@ class ModelConfig(BaseModel):
 
     name: str = Field(
         "mlp",
-        description="Registered model name (mlp, cnn, resnet, transformer, gpt), a model from the ecosystem (torchvision:<name>, timm:<name>, "
-        "hf:<directory or cached id>) or an import path 'module:Class'. `taktstock models` lists them.",
+        description="Registered model name (mlp, cnn, resnet, tabular, transformer, gpt), a model from the ecosystem "
+        "(torchvision:<name>, timm:<name>, hf:<directory or cached id>) or an import path 'module:Class'. "
+        "`taktstock models` lists them.",
     )
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."

@@ -70,16 +70,20 @@ class FieldSpec:
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without the "torch." prefix: float32, int64, uint8, ...
     vocab_size: int | None = None  # token-id fields: the embedding size a model needs
+    cardinalities: tuple[int, ...] | None = None  # per-column level-index fields (tables): embedding rows of each
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype}
         if self.vocab_size is not None:
             d["vocab_size"] = self.vocab_size
+        if self.cardinalities is not None:
+            d["cardinalities"] = list(self.cardinalities)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FieldSpec:
-        return cls(tuple(d["shape"]), d["dtype"], d.get("vocab_size"))
+        cards = d.get("cardinalities")
+        return cls(tuple(d["shape"]), d["dtype"], d.get("vocab_size"), None if cards is None else tuple(cards))
 
     @classmethod
     def of(cls, t: torch.Tensor) -> FieldSpec:
