@@ -13,10 +13,10 @@ from taktstock.config.loader import load_config
 from taktstock.data.loaders import eval_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError
-from taktstock.evaluation.loop import run_eval
 from taktstock.metrics.collection import build_epoch_metrics
 from taktstock.run_dir import RunDir
 from taktstock.training.components import step_fn_for
+from taktstock.training.eval_loop import run_eval
 from taktstock.training.losses import build_loss
 from taktstock.training.precision import autocast_factory
 

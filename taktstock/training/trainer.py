@@ -23,9 +23,9 @@ from taktstock.checkpoint.checkpointer import Checkpointer
 from taktstock.config.schema import Config
 from taktstock.data.loaders import Batch
 from taktstock.errors import TrainingAborted
-from taktstock.evaluation.loop import run_eval
 from taktstock.tracking.console import ConsoleProgress
 from taktstock.training.callbacks import Callbacks, Hook
+from taktstock.training.eval_loop import run_eval
 from taktstock.training.param_groups import lr_record
 from taktstock.training.parts import TrainerParts
 from taktstock.training.settings import LoopSettings
