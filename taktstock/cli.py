@@ -43,6 +43,7 @@ def _register() -> None:
         config_cmd,
         evaluate_cmd,
         export_cmd,
+        generate_cmd,
         models_cmd,
         new_cmd,
         pipeline_cmd,
@@ -66,6 +67,7 @@ def _register() -> None:
         promote_cmd,
         export_cmd,
         predict_cmd,
+        generate_cmd,
         models_cmd,
     )
     for module in modules:

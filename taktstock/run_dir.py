@@ -8,6 +8,7 @@ RUN_DIR/model.safetensors   final weights
 RUN_DIR/best.safetensors    best weights by the monitored metric (train.ema: the EMA's)
 RUN_DIR/ema.safetensors     train.ema: the final EMA weights
 RUN_DIR/preprocessing.json  normalisation and class names, for predict/export
+RUN_DIR/tokenizer.json      text runs: the tokenizer, for predict/generate
 RUN_DIR/eval/               evaluate's metrics.json, report.json, confusion_matrix.png
 RUN_DIR/tensorboard/        event files
 RUN_DIR/plots/              learning curves

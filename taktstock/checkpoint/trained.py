@@ -52,11 +52,14 @@ def load_trained_model(
         raise ConfigError(f"{run.root} has no preprocessing.json (written when training starts)")
     config = load_config(run.config)
     prep = json.loads(run.preprocessing.read_text())
-    # Token-id fields carry the vocabulary size the embedding needs (the dataset seam's sample spec).
-    vocab = next((f.get("vocab_size") for f in (prep.get("spec") or {}).values() if f.get("vocab_size") is not None), None)
+    # Token-id fields carry the vocabulary size the embedding needs, index-encoded tables the embedding
+    # rows of each categorical column (the dataset seam's sample spec).
+    fields = (prep.get("spec") or {}).values()
+    vocab = next((f.get("vocab_size") for f in fields if f.get("vocab_size") is not None), None)
+    cards = next((f.get("cardinalities") for f in fields if f.get("cardinalities") is not None), None)
     m = config.model
     model = build_model(
-        m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab, m.hf_config, prep.get("task", config.task)
+        m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab, m.hf_config, prep.get("task", config.task), cards
     )
     state = _ema_or_raw(run, config, which, weights) if weights is not None else None
     if state is not None:

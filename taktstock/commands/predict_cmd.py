@@ -18,7 +18,8 @@ def predict(
     input: Annotated[
         Path,
         typer.Argument(
-            help="Raw inputs: a CSV (columns matched by feature name), an NPZ with array 'x', or image files (a file or folder)."
+            help="Raw inputs: a CSV (columns matched by feature name), a Parquet/TSV table (table runs), an NPZ with array 'x', "
+            "image files (a file or folder), or for a text run a .txt (one text per line) or a JSONL/CSV/Parquet with the training text field."
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="Write predictions to this CSV (default: print).")] = None,

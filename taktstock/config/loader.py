@@ -222,6 +222,7 @@ def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
     from taktstock.registry import LOSSES, METRICS, SOURCES
     from taktstock.utils.imports import is_import_path
 
+    entry = None
     if not is_import_path(config.data.source):
         entry = SOURCES.get(
             config.data.source,
@@ -229,16 +230,40 @@ def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
         )
         if entry.meta.get("check") is not None:
             entry.meta["check"](config)  # the source's own settings (e.g. image transforms), before any data is read
+        _check_source_task(config, entry, lines, source)
     loss, task = config.loss.name, config.data.task
     if not is_import_path(loss):
         implied = LOSSES.get(loss, " or use 'module:callable'").meta["task"]
-        if task not in ("auto", implied):
+        # Language modelling is per-token classification: it trains with the classification losses.
+        if task not in ("auto", implied) and not (task == "language_modeling" and implied == "classification"):
             where = _where(source, lines, "data.task")
             raise ConfigError(f"{where}data.task: '{task}' does not fit loss.name '{loss}' (use data.task: auto to follow the loss)")
     names = METRICS.get("monitor_names").obj(config)
     if config.metrics.monitor not in names:
         where = _where(source, lines, "metrics.monitor")
         raise ConfigError(f"{where}metrics.monitor: unknown metric '{config.metrics.monitor}' (choose from {', '.join(names)})")
+
+
+def _check_source_task(config: Config, entry: Any, lines: dict[str, int], source: str) -> None:
+    """The task a source declares (corpus: language_modeling) and the sequence length its samples can reach."""
+    declared, task = entry.meta.get("task"), config.data.task
+    lm_source = declared == "language_modeling"
+    if task != "auto" and declared is not None and (task == "language_modeling") != lm_source:
+        where = _where(source, lines, "data.task")
+        raise ConfigError(f"{where}data.task: '{task}' does not fit data.source '{config.data.source}' (which is for {declared})")
+    if task == "language_modeling" and declared is None:
+        where = _where(source, lines, "data.task")
+        raise ConfigError(f"{where}data.task: language_modeling needs data.source: corpus (or a user dataset by import path)")
+    # A model whose positions end before the data's longest sample fails at its first forward: say so now.
+    length_key = entry.meta.get("length_key")
+    if length_key is not None:
+        model_len, data_len = config.model.params().get(length_key), getattr(config.data, length_key)
+        if isinstance(model_len, int) and model_len < data_len:
+            where = _where(source, lines, f"model.{length_key}")
+            raise ConfigError(
+                f"{where}model.{length_key}: {model_len} is shorter than data.{length_key} {data_len} "
+                f"(raise model.{length_key} or lower data.{length_key})"
+            )
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -66,14 +66,44 @@ class ExperimentConfig(Section):
 class DataConfig(Section):
     source: str = Field(
         "digits",
-        description="Data source: digits, wine, breast_cancer, iris, diabetes, csv, npz, synthetic, imagefolder, image_csv, "
+        description="Data source: digits, wine, breast_cancer, iris, diabetes, csv (also .tsv, .csv.gz), parquet, npz, "
+        "synthetic, imagefolder, image_csv, text (labelled texts), corpus (text files for language modelling), "
         "or an import path 'module:Class' of a user dataset.",
     )
-    path: str | None = Field(None, description="Input file for csv/npz/image_csv sources, image folder for imagefolder.")
-    target: str | None = Field(None, description="Target column (csv, image_csv) or array name (npz, default 'y').")
-    features: list[str] | None = Field(None, description="Feature columns (csv); default: all columns except the target.")
+    path: str | None = Field(None, description="Input file for csv/parquet/npz/image_csv sources, image folder for imagefolder.")
+    target: str | None = Field(None, description="Target column (csv/parquet, image_csv) or array name (npz, default 'y').")
+    features: list[str] | None = Field(
+        None, description="Feature columns (csv/parquet); default: all columns except the target and data.drop."
+    )
+    categorical: list[str] = Field(
+        default_factory=list, description="Table columns to treat as categorical (default: text columns are categorical)."
+    )
+    numeric: list[str] = Field(default_factory=list, description="Table columns to treat as numeric (e.g. numbers stored as text).")
+    drop: list[str] = Field(default_factory=list, description="Table columns not used as features (ids, leaks).")
+    categorical_encoding: Literal["onehot", "index"] = Field(
+        "onehot",
+        description="Tables: categorical columns as one-hot float columns (any model), or as level indices for the "
+        "embeddings of model.name=tabular.",
+    )
+    min_frequency: int | float | None = Field(
+        None,
+        description="Tables: levels seen in fewer training rows (an int) or a smaller fraction of them (a float < 1) "
+        "merge into one 'rare' level.",
+    )
+    max_categories: int = Field(
+        200, ge=2, description="Tables: a categorical column with more levels than this is an error (likely an id column)."
+    )
+    numeric_impute: Literal["median", "mean", "most_frequent"] = Field(
+        "median",
+        description="Tables: fill value of missing numeric cells (fitted on the training split; a missing-indicator column is added).",
+    )
+    datetime: Literal["parts", "drop"] = Field(
+        "parts", description="Tables: date columns become year, month, day of week (and hour where times occur), or are dropped."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for a user dataset class or synthetic data.")
-    task: Literal["auto", "classification", "regression"] = Field("auto", description="Task type; 'auto' follows from the loss.")
+    task: Literal["auto", "classification", "regression", "language_modeling"] = Field(
+        "auto", description="Task type; 'auto' follows from the source (corpus: language_modeling), else from the loss."
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for validation.")
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for testing.")
     stratify: bool = Field(True, description="Stratify the split by class for classification data.")
@@ -94,6 +124,17 @@ class DataConfig(Section):
     memory_budget_mb: float = Field(1024.0, gt=0, description="Largest prepared dataset used in-memory by in_memory='auto'.")
     on_device: bool = Field(False, description="Keep in-memory data on the accelerator (GPU) instead of host memory.")
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(), description="Training-time augmentation.")
+    # Text and language modelling (data.source: text | corpus); see docs/data.md.
+    text_field: str = Field("text", description="text: the column/field holding the text.")
+    text_pair_field: str | None = Field(None, description="text: optional second text field (sentence pairs).")
+    tokenizer: str | TokenizerTrainConfig = Field(
+        default_factory=lambda: TokenizerTrainConfig(),
+        description="text/corpus: a tokenizer.json or Hugging Face tokenizer directory, or {train: bpe|wordpiece|unigram|byte, "
+        "vocab_size: N} to train one on the training split at prepare time.",
+    )
+    max_length: int = Field(512, ge=1, description="text: truncate tokenised samples (pairs together) to this many tokens.")
+    pad_to_multiple_of: int | None = Field(None, ge=1, description="text: pad batches to a multiple of this (e.g. 8 for tensor cores).")
+    block_size: int = Field(256, ge=1, description="corpus: tokens per language-modelling window.")
     # Image sources (imagefolder, image_csv): see docs/data.md.
     image_column: str = Field("path", description="image_csv: column of image paths (relative to the manifest's folder).")
     image_size: int | list[int] | None = Field(
@@ -126,6 +167,13 @@ class DataConfig(Section):
             raise ValueError("val_fraction + test_fraction must be < 1")
         return self
 
+    @field_validator("min_frequency")
+    @classmethod
+    def _min_frequency(cls, v: int | float | None) -> int | float | None:
+        if v is not None and not (isinstance(v, int) and v >= 1) and not (isinstance(v, float) and 0 < v < 1):
+            raise ValueError("must be a count >= 1 or a fraction between 0 and 1")
+        return v
+
 
 TransformItem = str | dict[str, dict[str, Any] | None]
 
@@ -153,6 +201,13 @@ class AugmentConfig(Section):
     noise_std: float = Field(0.0, ge=0.0, description="Gaussian noise added to inputs (after normalisation).")
 
 
+class TokenizerTrainConfig(Section):
+    train: Literal["bpe", "wordpiece", "unigram", "byte"] = Field(
+        "bpe", description="Tokenizer model trained on the training split: bpe, wordpiece, unigram or byte-level BPE."
+    )
+    vocab_size: int = Field(8192, ge=64, le=1 << 31, description="Vocabulary size, special tokens included.")
+
+
 class ModelConfig(BaseModel):
     """`name` picks the model; every other key is a constructor argument of that model."""
 
@@ -160,8 +215,9 @@ class ModelConfig(BaseModel):
 
     name: str = Field(
         "mlp",
-        description="Registered model name (mlp, cnn, resnet), a model from the ecosystem (torchvision:<name>, timm:<name>, "
-        "hf:<directory or cached id>) or an import path 'module:Class'. `taktstock models` lists them.",
+        description="Registered model name (mlp, cnn, resnet, tabular, transformer, gpt), a model from the ecosystem "
+        "(torchvision:<name>, timm:<name>, hf:<directory or cached id>) or an import path 'module:Class'. "
+        "`taktstock models` lists them.",
     )
     init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform", "orthogonal"] = Field(
         "default", description="Weight initialisation of Linear/Conv layers (biases are zeroed unless 'default')."
@@ -436,11 +492,15 @@ class Config(Section):
     pipeline: PipelineConfig = Field(default_factory=lambda: PipelineConfig(), description="DVC/Airflow pipelines.")
 
     @property
-    def task(self) -> Literal["classification", "regression"]:
-        """Classification or regression: explicit in data.task, else implied by the loss."""
+    def task(self) -> Literal["classification", "regression", "language_modeling"]:
+        """Explicit in data.task, else the task a registered source declares (corpus), else implied by the loss."""
         if self.data.task != "auto":
             return self.data.task
-        from taktstock.registry import LOSSES
+        from taktstock.registry import LOSSES, SOURCES
+
+        source = SOURCES.find(self.data.source) if ":" not in self.data.source else None
+        if source is not None and source.meta.get("task") == "language_modeling":
+            return "language_modeling"
 
         entry = LOSSES.find(self.loss.name)  # a user loss by import path counts as classification
         return "regression" if entry is not None and entry.meta["task"] == "regression" else "classification"

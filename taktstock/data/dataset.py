@@ -70,16 +70,20 @@ class FieldSpec:
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without the "torch." prefix: float32, int64, uint8, ...
     vocab_size: int | None = None  # token-id fields: the embedding size a model needs
+    cardinalities: tuple[int, ...] | None = None  # per-column level-index fields (tables): embedding rows of each
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype}
         if self.vocab_size is not None:
             d["vocab_size"] = self.vocab_size
+        if self.cardinalities is not None:
+            d["cardinalities"] = list(self.cardinalities)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FieldSpec:
-        return cls(tuple(d["shape"]), d["dtype"], d.get("vocab_size"))
+        cards = d.get("cardinalities")
+        return cls(tuple(d["shape"]), d["dtype"], d.get("vocab_size"), None if cards is None else tuple(cards))
 
     @classmethod
     def of(cls, t: torch.Tensor) -> FieldSpec:
@@ -137,17 +141,20 @@ class PreparedDataset(Protocol):
 
 
 def register_dataset(
-    name: str, check: Callable[[Any], None] | None = None
+    name: str, check: Callable[[Any], None] | None = None, **meta: Any
 ) -> Callable[[Callable[[Any], PreparedDataset]], Callable[[Any], PreparedDataset]]:
     """Decorator: make `fn(config) -> PreparedDataset` available as `data.source: <name>`.
 
     `check(config)`, when given, runs at config load (before any data is read) and raises a
-    `ConfigError` naming the key for settings the source cannot use.
+    `ConfigError` naming the key for settings the source cannot use. `meta` are further facts config
+    validation reads from the registry: `task` (what `data.task: auto` resolves to, e.g.
+    `language_modeling`) and `length_key` (the data key, e.g. `block_size`, a model's same-named
+    argument must reach).
     """
 
     def decorate(fn: Callable[[Any], PreparedDataset]) -> Callable[[Any], PreparedDataset]:
         # In the registry config validation asks, so `data.source: name` passes the load-time check.
-        return SOURCES.register(name, fn, kind="dataset", check=check)
+        return SOURCES.register(name, fn, kind="dataset", check=check, **meta)
 
     return decorate
 

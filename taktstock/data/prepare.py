@@ -29,6 +29,7 @@ from taktstock.utils.imports import is_import_path
 
 PREP_VERSION = 2  # bump when the split or normalisation algorithm changes: invalidates caches
 SPLITS = ("train", "val", "test")
+TABLE_SOURCES = ("csv", "parquet")  # data/tables.py; index encoding prepares them as dict samples
 
 
 @dataclass
@@ -39,22 +40,37 @@ class Normalizer:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, kind: str) -> Normalizer:
+    def fit(cls, x: np.ndarray, kind: str, chunk_rows: int = 1 << 16) -> Normalizer:
+        """Fit on `x` (training rows). Per-feature statistics are accumulated in float64 over row chunks, so
+        memory stays at one chunk however large the split; the sums run row by row in the same order as
+        numpy's axis-0 reduction of the whole array, so the result is bit-identical to it."""
         shape = x.shape[1:]
         if kind == "none" or len(x) == 0:
             return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
-        x = x.astype(np.float64)  # float32 sums drift on large splits
-        if kind == "standard":
-            shift, scale = x.mean(0), x.std(0)
-        elif kind == "global":
-            shift, scale = np.full(shape, x.mean()), np.full(shape, x.std())
-        else:  # minmax
-            shift, scale = x.min(0), x.max(0) - x.min(0)
+        flat = x.reshape(len(x), -1)
+        if kind == "minmax":  # exact in float32: a cast to float64 preserves the order of the values
+            lo, hi = flat.min(0).astype(np.float64), flat.max(0).astype(np.float64)
+            shift, scale = lo, hi - lo
+        elif kind == "global" or flat.shape[1] == 1:
+            # One pairwise sum over all values (not row-ordered): only the whole float64 copy reproduces it.
+            x64 = flat.astype(np.float64)  # float32 sums drift on large splits
+            if kind == "global":
+                shift, scale = np.full(flat.shape[1], x64.mean()), np.full(flat.shape[1], x64.std())
+            else:
+                shift, scale = x64.mean(0), x64.std(0)
+        else:  # standard: numpy's std is sqrt(mean((x - mean) ** 2)), two passes
+            n = len(flat)
+            shift = _row_sum(flat, chunk_rows, lambda c: c) / n
+            scale = np.sqrt(_row_sum(flat, chunk_rows, lambda c: _squared_deviation(c, shift)) / n)
         # Constant features (e.g. blank image corners) would divide by zero.
         scale = np.where(scale > 1e-8, scale, 1.0)
-        return cls(shift.astype(np.float32), scale.astype(np.float32))
+        return cls(shift.reshape(shape).astype(np.float32), scale.reshape(shape).astype(np.float32))
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
+    def apply(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """(x - shift) / scale as float32; `inplace` overwrites a float32 `x` (no temporaries, same values)."""
+        if inplace and x.dtype == np.float32:
+            np.subtract(x, self.shift, out=x)
+            return np.divide(x, self.scale, out=x)
         return ((x - self.shift) / self.scale).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +95,7 @@ class PreparedData:
     task: str = "classification"
     seed: int = 0
     augment: AugmentConfig | None = None  # training-split augmentation (not part of the cache)
+    table: dict[str, Any] | None = None  # a table source's fitted encoding (data/tables.py), as JSON
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -103,7 +120,23 @@ class PreparedData:
             "class_names": self.class_names,
             "feature_names": self.feature_names,
             "spec": {k: v.to_dict() for k, v in self.spec().items()},
-        }
+        } | ({"table": self.table} if self.table is not None else {})
+
+
+def _row_sum(x: np.ndarray, chunk_rows: int, term: Any) -> np.ndarray:
+    """Column sums of `term(float64 rows)`, added row after row across chunks: the running total is the first
+    row of each chunk's reduction, which keeps numpy's sequential axis-0 order (and so its exact result)."""
+    total = np.zeros(x.shape[1], np.float64)
+    for start in range(0, len(x), chunk_rows):
+        rows = term(x[start : start + chunk_rows].astype(np.float64))
+        total = np.concatenate([total[None], rows]).sum(0)
+    return total
+
+
+def _squared_deviation(rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(rows - mean) ** 2 in place on a float64 chunk, with the ufuncs numpy's std uses."""
+    np.subtract(rows, mean, out=rows)
+    return np.multiply(rows, rows, out=rows)
 
 
 def fingerprint(config: Config, source_fp: str) -> str:
@@ -126,6 +159,10 @@ def prepare(config: Config, verbose: bool = False) -> PreparedDataset:
     builder = dataset_source(config.data.source)
     if builder is not None:
         return builder(config)
+    if config.data.source in TABLE_SOURCES and config.data.categorical_encoding == "index":
+        from taktstock.data.table_dataset import prepare_index_table
+
+        return prepare_index_table(config)
     if is_import_path(config.data.source):
         from taktstock.data.user_dataset import prepare_user_source
 
@@ -157,7 +194,12 @@ def _prepare_arrays(config: Config, verbose: bool, raw: Any) -> PreparedData:
         raw = load_source(config)
     if verbose:
         print(f"preparing {config.data.source} -> {path}")
-    data = _build(config, raw.x, raw.y, raw.class_names, raw.feature_names, fp, path)
+    table = None
+    if raw.encode is not None:  # a table: its encoding is fitted on the training rows only, so it follows the split
+        raw.x, table = raw.encode(_split_indices(config, raw.y)["train"])
+        raw.feature_names = table["outputs"]
+    data = _build(config, raw, fp, path)
+    data.table = table
     _save(data)
     return data
 
@@ -191,7 +233,12 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], features: list[str], fp: str, path: Path) -> PreparedData:
+def _build(config: Config, raw: Any, fp: str, path: Path) -> PreparedData:
+    """Split and normalise `raw` (a `RawData`). A table's encoded matrix is released once split (the splits are
+    copies), so prepare holds it once, not twice; other sources' arrays may still be in use by their caller."""
+    x, y, classes, features = raw.x, raw.y, raw.class_names, raw.feature_names
+    if raw.encode is not None:
+        raw.x = None
     if len(x) != len(y):
         raise ConfigError(f"data: {len(x)} inputs but {len(y)} targets")
     # NaN/Inf inputs would surface much later as a "non-finite loss" that blames the learning rate.
@@ -201,8 +248,11 @@ def _build(config: Config, x: np.ndarray, y: np.ndarray, classes: list[str], fea
             rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
             raise ConfigError(f"data.source: {int(bad.sum())} samples of {config.data.source} have NaN/Inf {what} (rows {rows}...)")
     parts = _split_indices(config, y)
-    norm = Normalizer.fit(x[parts["train"]], config.data.normalize)
-    arrays = {s: (norm.apply(x[parts[s]]), y[parts[s]]) for s in SPLITS}
+    # Each split is a fresh copy (fancy indexing), so the normalisation is applied to it in place.
+    arrays = {s: (x[parts[s]], y[parts[s]]) for s in SPLITS}
+    del x
+    norm = Normalizer.fit(arrays["train"][0], config.data.normalize)
+    arrays = {s: (norm.apply(sx, inplace=True), sy) for s, (sx, sy) in arrays.items()}
     if config.task == "classification":
         num_outputs = int(y.max()) + 1 if len(y) else 0
         if config.loss.name == "bce_with_logits":
@@ -233,5 +283,12 @@ def _load(path: Path, fp: str) -> PreparedData:
             raise ValueError("fingerprint mismatch")
         arrays = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in SPLITS}
     return PreparedData(
-        arrays, Normalizer.from_dict(meta["normalizer"]), meta["num_outputs"], meta["class_names"], meta["feature_names"], fp, path
+        arrays,
+        Normalizer.from_dict(meta["normalizer"]),
+        meta["num_outputs"],
+        meta["class_names"],
+        meta["feature_names"],
+        fp,
+        path,
+        table=meta.get("table"),
     )

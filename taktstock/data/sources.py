@@ -7,7 +7,6 @@ lazily instead, see `data/user_dataset.py`; other sources plug in with `@registe
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import inspect
 import json
@@ -33,6 +32,9 @@ class RawData:
     fingerprint: str
     class_names: list[str] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
+    # Tables: x is empty until prepare calls encode(train_rows), which fits the encoding on those rows only and
+    # returns (x, the encoding's JSON state for preprocessing.json).
+    encode: Callable[[np.ndarray], tuple[np.ndarray, dict[str, Any]]] | None = None
 
 
 _SOURCES = SOURCES  # the registry config validation asks; entries are loader functions
@@ -117,30 +119,29 @@ def _require_file(config: Config) -> Path:
 
 
 @register_source("csv")
-def load_csv(config: Config) -> RawData:
-    """A header row, numeric feature columns and a target column (class labels or numbers)."""
-    path = _require_file(config)
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]  # blank lines carry no sample
-    if len(rows) < 2:
-        raise ConfigError(f"data.path: {path} has no data rows")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
-    target = config.data.target
-    if target is None or target not in header:
-        raise ConfigError(f"data.target: column '{target}' not in {path} (columns: {', '.join(header)})")
-    features = config.data.features or [h for h in header if h != target]
-    missing = [c for c in features if c not in header]
-    if missing:
-        raise ConfigError(f"data.features: columns {missing} not in {path}")
-    cols = [header.index(c) for c in features]
-    try:
-        x = np.array([[float(r[i]) for i in cols] for r in body], dtype=np.float32)
-    except (ValueError, IndexError) as exc:
-        raise ConfigError(f"data.path: {path}: non-numeric or missing feature value ({exc})") from None
-    raw_y = [r[header.index(target)].strip() for r in body]
-    y, classes = _targets(raw_y, config)
-    fp = f"csv:{_file_hash(path)}:{target}:{','.join(features)}"
-    return RawData(x, y, fingerprint=fp, class_names=classes, feature_names=features)
+@register_source("parquet")
+def load_table_source(config: Config) -> RawData:
+    """A table (CSV, TSV, .gz, Parquet): typed columns encoded by `data.tables`, fitted on the training split in prepare.
+    (With `data.categorical_encoding: index`, `prepare` uses `data.table_dataset` instead.)"""
+    from taktstock.data.tables import load_table, table_encoder_fn, table_fingerprint
+
+    loaded = load_table(config)
+    return RawData(
+        np.empty((len(loaded.y), 0), np.float32),
+        loaded.y,
+        fingerprint=table_fingerprint(config),
+        class_names=loaded.class_names,
+        encode=table_encoder_fn(loaded, config),
+    )
+
+
+def _table_fingerprint(config: Config) -> str:
+    from taktstock.data.tables import table_fingerprint
+
+    return table_fingerprint(config)
+
+
+_CHEAP_FINGERPRINTS["csv"] = _CHEAP_FINGERPRINTS["parquet"] = _table_fingerprint
 
 
 def _targets(values: list[str] | np.ndarray, config: Config) -> tuple[np.ndarray, list[str]]:
@@ -267,6 +268,8 @@ def user_arrays(config: Config, obj: Any, produced: Any) -> RawData:
     return RawData(x.astype(np.float32), y_ids, fp, class_names=found)
 
 
+# Built-in sources that prepare themselves (`@register_dataset`): registered when the registry loads this module.
 # The built-in prepared-dataset sources register here too, so one provider module lists every name
 # config validation accepts (the import is light: the image code loads when a source is prepared).
 import taktstock.data.images.source  # noqa: E402, F401
+from taktstock.data.text import prepared as _text_sources  # noqa: E402, F401

@@ -32,19 +32,39 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape((-1, *self.input_shape))
-        y = self.model((x - self.shift) / self.scale)
-        if self.output == "softmax":
-            return torch.softmax(y, dim=-1)
-        if self.output == "sigmoid":
-            return torch.sigmoid(y)
-        return y
+        return activate(self.model((x - self.shift) / self.scale), self.output)
+
+
+class TableInferenceModel(nn.Module):
+    """Index-encoded tables: (numeric [batch, n] encoded, not yet normalised; categorical [batch, k] level
+    indices, 0 = unknown) -> normalise the numeric part -> model -> outputs."""
+
+    def __init__(self, model: nn.Module, shift: torch.Tensor, scale: torch.Tensor, output: str) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("shift", shift.float())
+        self.register_buffer("scale", scale.float())
+        self.input_shape = tuple(shift.shape)
+        self.output = output
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return activate(self.model((numeric - self.shift) / self.scale, categorical), self.output)
+
+
+def activate(y: torch.Tensor, output: str) -> torch.Tensor:
+    """Logits -> what inference returns: probabilities ("softmax", "sigmoid") or the values ("identity")."""
+    if output == "softmax":
+        return torch.softmax(y, dim=-1)
+    if output == "sigmoid":
+        return torch.sigmoid(y)
+    return y
 
 
 @dataclass
 class LoadedRun:
     config: Config
     preprocessing: dict[str, Any]
-    model: InferenceModel
+    model: InferenceModel | TableInferenceModel
 
     @property
     def num_features(self) -> int:
@@ -68,14 +88,14 @@ class LoadedRun:
         return (self.model.shift + self.model.scale * noise).reshape(n, -1)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
-    """Build the inference model of a run from its config, preprocessing.json and weights (no data needed)."""
+def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool = False) -> LoadedRun:
+    """Build the inference model of a run from its config, preprocessing.json and weights (no data needed).
+
+    `table_fields`: a run on an index-encoded table gets a `TableInferenceModel` taking (numeric, categorical)
+    (predict); without it such a run is refused, since export and deployment take one float matrix."""
     trained = load_trained_model(run_dir, checkpoint)
     config, prep = trained.config, trained.preprocessing
     spec = prep.get("spec") or {"inputs": {"shape": prep["input_shape"], "dtype": "float32"}}
-    if set(spec) != {"inputs"} or spec["inputs"]["dtype"] != "float32":
-        fields = ", ".join(f"{k} ({v['dtype']})" for k, v in spec.items())
-        raise ConfigError(f"{run_dir}: predict and export take rows of float features; this run's samples have the fields {fields}")
     if config.task == "regression":
         output = "identity"
     else:
@@ -87,5 +107,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
         norm = prep["normalizer"]
         shift = torch.tensor(norm["shift"], dtype=torch.float32)
         scale = torch.tensor(norm["scale"], dtype=torch.float32)
+    if "table" in prep and set(spec) == {"numeric", "categorical"}:
+        if not table_fields:
+            raise ConfigError(
+                f"{run_dir}: export takes one float matrix; this run's table is index-encoded (numeric and categorical "
+                "inputs): train with data.categorical_encoding=onehot to export it, or use predict"
+            )
+        return LoadedRun(config, prep, TableInferenceModel(trained.model, shift, scale, output).eval())
+    if set(spec) != {"inputs"} or spec["inputs"]["dtype"] != "float32":
+        fields = ", ".join(f"{k} ({v['dtype']})" for k, v in spec.items())
+        raise ConfigError(f"{run_dir}: predict and export take rows of float features; this run's samples have the fields {fields}")
     model = InferenceModel(trained.model, shift, scale, shape, output).eval()
     return LoadedRun(config, prep, model)

@@ -1,13 +1,15 @@
-"""`taktstock predict`: batch inference on a CSV or NPZ file (or image files) with the run's stored preprocessing.
+"""`taktstock predict`: batch inference on a CSV, Parquet or NPZ file (or image files) with the run's stored preprocessing.
 
 Inputs are raw feature rows (as in the training source); the normalisation fitted at training time is read
-from RUN_DIR/preprocessing.json and applied inside the model, never refitted on the new data.
+from RUN_DIR/preprocessing.json and applied inside the model, never refitted on the new data. For a run trained on
+a table (csv/parquet source), the rows are encoded first by the encoder rebuilt from preprocessing.json's "table".
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,13 @@ from taktstock.deploy.model import LoadedRun, load_run
 from taktstock.errors import UserError
 
 
-def read_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
-    """Raw inputs as a float32 [rows, features] array."""
+def read_inputs(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
+    """The model's inputs from raw rows: a float32 [rows, features] array, plus the int64 [rows, columns]
+    level indices for a run on an index-encoded table."""
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
+    if "table" in loaded.preprocessing:
+        return _read_table_rows(path, loaded)
     if path.suffix == ".npz":
         x = _read_npz(path)
     elif path.suffix == ".csv":
@@ -30,7 +35,23 @@ def read_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
     x = x.reshape(len(x), -1)
     if x.shape[1] != loaded.num_features:
         raise UserError(f"{path}: rows have {x.shape[1]} values, the model expects {loaded.num_features}")
-    return x
+    return (x,)
+
+
+def _read_table_rows(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
+    """Raw table rows (target absent, gaps and unseen levels allowed) encoded exactly as in training."""
+    from taktstock.data.tables import TableEncoder, read_table, report_unknown
+
+    encoder = TableEncoder.from_state(loaded.preprocessing["table"])
+    table = read_table(path, error=UserError)
+    try:
+        encoded = encoder.transform(table)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    report_unknown(encoded.unknown, str(path))
+    if encoder.encoding == "index":
+        return encoded.features, encoded.categories
+    return (encoded.features,)
 
 
 def _read_npz(path: Path) -> np.ndarray:
@@ -87,31 +108,37 @@ def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best
     For a run trained on images the input is an image file or a folder of them, and each row starts
     with the file's path; the eval transforms of training turn files into model inputs.
     """
-    loaded = load_run(run_dir, checkpoint)
+    if _is_text_run(Path(run_dir)):
+        from taktstock.deploy.predict_text import predict_text
+
+        return predict_text(run_dir, input_path, checkpoint)
+    loaded = load_run(run_dir, checkpoint, table_fields=True)
     files: list[Path] = []
     if loaded.preprocessing.get("kind") == "image":
         from taktstock.data.images.inference import ImageInputs
 
         files = image_files(Path(input_path))
         to_inputs = ImageInputs(loaded.preprocessing)
-        x = torch.cat([to_inputs(files[i : i + batch_size]) for i in range(0, len(files), batch_size)])
+        inputs = [torch.cat([to_inputs(files[i : i + batch_size]) for i in range(0, len(files), batch_size)])]
     elif loaded.preprocessing.get("dataset"):  # a user Dataset class: its own transform of raw rows
         from taktstock.deploy.dataset_rows import dataset_inputs
 
-        x = torch.from_numpy(dataset_inputs(Path(input_path), loaded))
+        inputs = [torch.from_numpy(dataset_inputs(Path(input_path), loaded))]
     else:
-        x = torch.from_numpy(read_inputs(Path(input_path), loaded))
-    header, rows = _outputs(loaded, x, batch_size)
+        inputs = [torch.from_numpy(a) for a in read_inputs(Path(input_path), loaded)]
+    header, rows = _outputs(loaded, inputs, batch_size)
     if files:
         return ["file", *header], [[str(f), *row] for f, row in zip(files, rows, strict=True)]
     return header, rows
 
 
-def _outputs(loaded: LoadedRun, x: torch.Tensor, batch_size: int) -> tuple[list[str], list[list]]:
+def _outputs(loaded: LoadedRun, inputs: list[torch.Tensor], batch_size: int) -> tuple[list[str], list[list]]:
+    count = len(inputs[0])
     with torch.no_grad():
-        out = torch.cat([loaded.model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+        batches = [loaded.model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, count, batch_size)]
+    out = torch.cat(batches) if batches else torch.empty(0)
     if loaded.config.task == "regression":
-        values = out.reshape(len(x), -1)
+        values = out.reshape(count, -1)
         header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
         return header, values.tolist()
     classes = loaded.class_names
@@ -124,6 +151,13 @@ def _outputs(loaded: LoadedRun, x: torch.Tensor, batch_size: int) -> tuple[list[
     labels = probs.argmax(dim=1).tolist()
     rows = [[names[k], *p] for k, p in zip(labels, probs.tolist(), strict=True)]
     return ["prediction", *(f"prob_{n}" for n in names)], rows
+
+
+def _is_text_run(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "preprocessing.json").read_text()).get("kind") == "text"
+    except (OSError, ValueError):
+        return False  # load_run reports the missing or broken file
 
 
 def to_csv(header: list[str], rows: list[list]) -> str:

@@ -13,10 +13,10 @@ from taktstock.config.loader import load_config
 from taktstock.data.loaders import eval_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError
-from taktstock.evaluation.loop import run_eval
-from taktstock.metrics.collection import EpochMetrics
+from taktstock.metrics.collection import build_epoch_metrics
 from taktstock.run_dir import RunDir
 from taktstock.training.components import step_fn_for
+from taktstock.training.eval_loop import run_eval
 from taktstock.training.losses import build_loss
 from taktstock.training.precision import autocast_factory
 
@@ -52,7 +52,7 @@ def evaluate(
     part = data.split(split)
     if len(part) == 0:
         raise ConfigError(f"--split: the {split} split is empty (see data.{split}_fraction)")
-    metrics = EpochMetrics(config, data.num_outputs, device, prefix=split)
+    metrics = build_epoch_metrics(config, data.num_outputs, device, prefix=split)
     outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
     size = config.train.eval_batch_size or config.train.batch_size
     values = run_eval(
@@ -63,7 +63,7 @@ def evaluate(
         device,
         autocast_factory(config.train.precision, device),
         step_fn_for(config.train),
-        collect=outputs,
+        collect=outputs if config.task == "classification" else None,  # per-class report only; LM logits would be vocab x tokens
     )
     run.eval_dir.mkdir(parents=True, exist_ok=True)
     (run.eval_dir / "metrics.json").write_text(json.dumps({"split": split, "checkpoint": checkpoint, "metrics": values}, indent=2))

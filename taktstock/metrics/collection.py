@@ -1,6 +1,8 @@
 """Whole-epoch metrics (never averages of per-batch values), accumulated on the device.
 
 Classification: loss, acc, f1, precision, recall (macro). Regression: loss, mse, mae, r2.
+Language modelling: loss and perplexity per real token (`metrics/tokens.py`), no per-class metrics:
+a vocabulary of classes over every position would cost far more than the forward pass.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 
 CLASSIFICATION = ("loss", "acc", "f1", "precision", "recall")
 REGRESSION = ("loss", "mse", "mae", "r2")
+LANGUAGE_MODELING = ("loss", "perplexity")  # per token; see metrics/tokens.py
 
 
 def _extra_names(config: Config) -> list[str]:
@@ -24,7 +27,7 @@ def _extra_names(config: Config) -> list[str]:
 
 def metric_names(config: Config) -> list[str]:
     """Every metric name a run logs for validation and training (used to check metrics.monitor)."""
-    base = CLASSIFICATION if config.task == "classification" else REGRESSION
+    base = {"classification": CLASSIFICATION, "language_modeling": LANGUAGE_MODELING}.get(config.task, REGRESSION)
     names = [f"val/{n}" for n in (*base, *_extra_names(config))]
     names += ["train/loss"] + (["train/acc"] if config.task == "classification" else [])
     return names
@@ -49,6 +52,15 @@ def real_positions(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
         return output, target
     keep = target.reshape(-1) != -100
     return output.reshape(-1, output.shape[-1])[keep], target.reshape(-1)[keep]
+
+
+def build_epoch_metrics(config: Config, num_outputs: int, device: torch.device, prefix: str = "val") -> Any:
+    """The whole-split metrics of the run's task: `EpochMetrics`, or `TokenMetrics` for language modelling."""
+    if config.task == "language_modeling":
+        from taktstock.metrics.tokens import TokenMetrics
+
+        return TokenMetrics(device, prefix)
+    return EpochMetrics(config, num_outputs, device, prefix)
 
 
 class EpochMetrics:

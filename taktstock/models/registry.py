@@ -14,7 +14,7 @@ from taktstock.utils.imports import import_object, is_import_path
 _MODELS: dict[str, type[nn.Module]] = {}
 
 # Arguments the trainer supplies from the data, never from the config.
-INJECTED_ARGS = ("input_shape", "num_outputs")
+INJECTED_ARGS = ("input_shape", "num_outputs", "vocab_size", "cardinalities")
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -29,7 +29,7 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 def _load_builtins() -> None:
     # Imported for their @register_model side effect.
-    from taktstock.models import cnn, mlp, resnet  # noqa: F401
+    from taktstock.models import cnn, gpt, mlp, resnet, tabular, transformer  # noqa: F401
 
 
 def available_models() -> list[str]:
@@ -69,9 +69,11 @@ def build_model(
     vocab_size: int | None = None,
     hf_config: dict[str, Any] | None = None,
     task: str = "classification",
+    cardinalities: list[int] | None = None,
 ) -> nn.Module:
     """Instantiate a model, passing the data-derived arguments the class accepts (from the sample spec):
-    `input_shape`, `num_outputs` and, for token inputs, `vocab_size` unless the config sets it.
+    `input_shape`, `num_outputs`, for token inputs `vocab_size` unless the config sets it, and for
+    index-encoded tables `cardinalities` (embedding rows per categorical column).
     torchvision:/timm:/hf: names go to their builders (`hf_config`, `task`: see models/hf.py)."""
     from taktstock.models import zoo
 
@@ -82,6 +84,13 @@ def build_model(
     injected: dict[str, Any] = {"input_shape": tuple(input_shape), "num_outputs": num_outputs}
     if vocab_size is not None:
         injected["vocab_size"] = vocab_size
+    if cardinalities is not None:
+        if "cardinalities" not in sig:  # it would fail at its first forward, on the (numeric, categorical) fields
+            raise ConfigError(
+                f"model.name: {name} takes no 'cardinalities', so not the level indices of data.categorical_encoding=index; "
+                "use model.name=tabular, or data.categorical_encoding=onehot"
+            )
+        injected["cardinalities"] = list(cardinalities)
     kwargs = {k: v for k, v in injected.items() if k in sig}
     kwargs.update(params)
     try:

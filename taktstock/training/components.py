@@ -27,7 +27,8 @@ def build_model_for(
     The model is built from the sample spec; `initial_weights=False` skips model.weights/model.pretrained."""
     spec, m = data.spec(), config.model
     vocab = next((f.vocab_size for f in spec.values() if f.vocab_size is not None), None)
-    model = build_model(m.name, m.params(), input_shape(spec), data.num_outputs, vocab, m.hf_config, data.task)
+    cards = next((f.cardinalities for f in spec.values() if f.cardinalities is not None), None)
+    model = build_model(m.name, m.params(), input_shape(spec), data.num_outputs, vocab, m.hf_config, data.task, cardinalities=cards)
     initialize(model, config.model.init)
     # Fine-tuning: initial weights, then freezing, before the model is moved, wrapped or compiled.
     if initial_weights:

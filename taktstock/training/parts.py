@@ -41,7 +41,7 @@ class TrainerParts:
     scaler: torch.amp.GradScaler | None
     train_batches: TrainBatches
     val_batches: Callable[[], Any] | None
-    val_metrics: EpochMetrics
+    val_metrics: EpochMetrics  # or TokenMetrics (language modelling): the same interface
     trackers: TrackerGroup
     metrics_file: MetricsFile
     monitor: MetricMonitor

@@ -18,7 +18,7 @@ from taktstock.config.schema import Config
 from taktstock.data.loaders import build_train_batches, eval_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError, TrainingAborted
-from taktstock.metrics.collection import EpochMetrics
+from taktstock.metrics.collection import build_epoch_metrics
 from taktstock.models.finetune import finetune_callbacks
 from taktstock.run_dir import RunDir
 from taktstock.tracking.base import TrackerGroup
@@ -98,6 +98,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         if start is None:  # a fresh run, or a resume that found no valid checkpoint: start clean
             _clear_previous_run(run, announce=not resuming)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
+        _copy_tokenizer(data, run)
     train_batches = build_train_batches(data.split("train"), config, device, dist.rank, dist.world_size)
     settings = LoopSettings.from_config(config, len(train_batches))
     # The LR schedule's horizon is known before anything is built: this run's steps, or the original run's on resume.
@@ -114,7 +115,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         scaler=grad_scaler(config.train.precision, device),
         train_batches=train_batches,
         val_batches=_val_batches(config, data, dist) if len(data.split("val")) else None,
-        val_metrics=EpochMetrics(config, data.num_outputs, device, "val"),
+        val_metrics=build_epoch_metrics(config, data.num_outputs, device, "val"),
         trackers=trackers,
         metrics_file=(metrics_file := MetricsFile(run.metrics)),
         monitor=MetricMonitor(config.metrics.monitor, config.metrics.mode, config.early_stopping.min_delta, config.early_stopping.patience),
@@ -213,7 +214,7 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
         if parts.monitor.best is not None:
             summary[f"best {parts.monitor.name}"] = parts.monitor.best
         if trainer.throughput:
-            summary["samples/s"] = round(trainer.throughput)
+            summary["tokens/s" if trainer.settings.tokens else "samples/s"] = round(trainer.throughput)
         print_table("training summary", summary)
     return RunResult(run.root, trainer.state.stop_reason or "completed", trainer.state.step, parts.monitor.best, final)
 
@@ -256,6 +257,15 @@ def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], re
     if not resumed:
         fields["started"] = time.time()
     run.update_info(**fields)
+
+
+def _copy_tokenizer(data: Any, run: RunDir) -> None:
+    """Text runs carry their tokenizer (RUN_DIR/tokenizer.json): generate and predict read it there, without the cache."""
+    source = getattr(data, "tokenizer_path", None)
+    if source is not None:
+        import shutil
+
+        shutil.copyfile(source, run.root / "tokenizer.json")
 
 
 def _val_batches(config: Config, data: Any, dist: DistEnv) -> Any:

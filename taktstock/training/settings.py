@@ -23,6 +23,7 @@ class LoopSettings:
     skip_nan: bool
     channels_last: bool
     classification: bool
+    tokens: bool  # throughput counts real tokens (language modelling), not samples
     progress: str
     save_best: bool
     early_stopping: bool
@@ -50,6 +51,7 @@ class LoopSettings:
             skip_nan=t.nan_policy == "skip",
             channels_last=t.channels_last,
             classification=config.task == "classification",
+            tokens=config.task == "language_modeling",
             progress=config.logging.progress,
             save_best=config.checkpoint.save_best,
             early_stopping=config.early_stopping.enabled,

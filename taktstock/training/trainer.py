@@ -23,9 +23,9 @@ from taktstock.checkpoint.checkpointer import Checkpointer
 from taktstock.config.schema import Config
 from taktstock.data.loaders import Batch
 from taktstock.errors import TrainingAborted
-from taktstock.evaluation.loop import run_eval
 from taktstock.tracking.console import ConsoleProgress
 from taktstock.training.callbacks import Callbacks, Hook
+from taktstock.training.eval_loop import run_eval
 from taktstock.training.param_groups import lr_record
 from taktstock.training.parts import TrainerParts
 from taktstock.training.settings import LoopSettings
@@ -241,11 +241,15 @@ class Trainer:
         if self.settings.skip_nan:
             record["train/nan_skips"] = self.state.nan_skips
         elapsed = time.perf_counter() - self._t0
-        # Samples per second of the whole group (ranks process equal shares).
+        # Samples (language modelling: real tokens) per second of the whole group (ranks process equal shares).
         self.throughput = self._samples * self.p.dist.world_size / elapsed if elapsed > 0 else 0.0
         self._t0, self._samples = time.perf_counter(), 0
+        unit = "tokens" if self.settings.tokens else "samples"
+        if self.settings.tokens:
+            # A timing, so it is the one value in metrics.jsonl that differs between a resumed run and an uninterrupted one.
+            record["train/tokens_per_s"] = round(self.throughput, 1)
         self._log(record)
-        self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {self.throughput:,.0f} samples/s")
+        self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {self.throughput:,.0f} {unit}/s")
 
     def _log(self, metrics: dict[str, float]) -> None:
         if not metrics or not self.p.dist.is_main:
