@@ -146,7 +146,7 @@ def _register(run: RunDir, name: str, experiment: str, metrics: dict[str, float]
     """Log the traced inference model (raw features in, normalisation inside) as a new version of `name`."""
     import mlflow
 
-    from taktstock.deploy.mlflow_model import log_inference_model
+    from taktstock.tracking.mlflow_model import log_inference_model
 
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run.root.name) as active:

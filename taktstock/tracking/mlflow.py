@@ -286,8 +286,8 @@ class MlflowTracker:
         """The best model, in the contract `taktstock promote` registers (raw features in, probabilities out)."""
         import mlflow
 
-        from taktstock.deploy.mlflow_model import log_inference_model
         from taktstock.errors import ConfigError
+        from taktstock.tracking.mlflow_model import log_inference_model
 
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)

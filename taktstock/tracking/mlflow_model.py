@@ -1,4 +1,4 @@
-"""The one MLflow form of a trained run, shared by `taktstock promote` and `logging.mlflow.log_model`.
+"""The one MLflow form of a trained run (the inference model of checkpoint/inference.py), shared by `taktstock promote` and `logging.mlflow.log_model`.
 
 Every version of a registered model takes the same contract: raw feature rows in (as predict reads them;
 the training-time normalisation is inside), probabilities (or regression values) out. It is stored in
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from taktstock.deploy.model import load_run
+from taktstock.checkpoint.inference import load_run
 
 
 def log_inference_model(run_dir: str | Path, registered_model_name: str | None = None, **kwargs: Any) -> Any:

@@ -1,0 +1,121 @@
+"""The inference model of a run: raw features in, probabilities (or regression values) out.
+
+The training-time normalisation is read from RUN_DIR/preprocessing.json (never refitted) and baked into the
+module as buffers, so every exported or registered form of the model takes raw, flat feature rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from taktstock.checkpoint.trained import load_trained_model
+from taktstock.config.schema import Config
+from taktstock.errors import ConfigError
+
+
+class InferenceModel(nn.Module):
+    """[batch, features] raw inputs -> reshape to the training input shape -> normalise -> model -> outputs."""
+
+    def __init__(self, model: nn.Module, shift: torch.Tensor, scale: torch.Tensor, input_shape: tuple[int, ...], output: str) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("shift", shift.reshape(input_shape).float())
+        self.register_buffer("scale", scale.reshape(input_shape).float())
+        self.input_shape = tuple(input_shape)
+        self.output = output  # "softmax", "sigmoid" or "identity"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape((-1, *self.input_shape))
+        return activate(self.model((x - self.shift) / self.scale), self.output)
+
+
+class TableInferenceModel(nn.Module):
+    """Index-encoded tables: (numeric [batch, n] encoded, not yet normalised; categorical [batch, k] level
+    indices, 0 = unknown) -> normalise the numeric part -> model -> outputs."""
+
+    def __init__(self, model: nn.Module, shift: torch.Tensor, scale: torch.Tensor, output: str) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("shift", shift.float())
+        self.register_buffer("scale", scale.float())
+        self.input_shape = tuple(shift.shape)
+        self.output = output
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return activate(self.model((numeric - self.shift) / self.scale, categorical), self.output)
+
+
+def activate(y: torch.Tensor, output: str) -> torch.Tensor:
+    """Logits -> what inference returns: probabilities ("softmax", "sigmoid") or the values ("identity")."""
+    if output == "softmax":
+        return torch.softmax(y, dim=-1)
+    if output == "sigmoid":
+        return torch.sigmoid(y)
+    return y
+
+
+@dataclass
+class LoadedRun:
+    config: Config
+    preprocessing: dict[str, Any]
+    model: InferenceModel | TableInferenceModel
+
+    @property
+    def num_features(self) -> int:
+        return math.prod(self.preprocessing["input_shape"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.preprocessing.get("class_names") or [])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.preprocessing.get("feature_names") or [])
+
+    def sample_inputs(self, n: int = 16, seed: int = 0) -> torch.Tensor:
+        """Raw-scale inputs around the training distribution (shift + scale * noise) for export checks."""
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, *self.model.input_shape), generator=g)
+        if self.preprocessing.get("kind") == "image":
+            # Image models take (N, C, H, W) images as the eval transforms leave them (normalised floats).
+            return noise
+        return (self.model.shift + self.model.scale * noise).reshape(n, -1)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool = False) -> LoadedRun:
+    """Build the inference model of a run from its config, preprocessing.json and weights (no data needed).
+
+    `table_fields`: a run on an index-encoded table gets a `TableInferenceModel` taking (numeric, categorical)
+    (predict); without it such a run is refused, since export and deployment take one float matrix."""
+    trained = load_trained_model(run_dir, checkpoint)
+    config, prep = trained.config, trained.preprocessing
+    spec = prep.get("spec") or {"inputs": {"shape": prep["input_shape"], "dtype": "float32"}}
+    if config.task == "regression":
+        output = "identity"
+    else:
+        output = "sigmoid" if prep["num_outputs"] == 1 else "softmax"
+    shape = tuple(prep["input_shape"])
+    if prep.get("kind") == "image":  # image files are normalised by their eval transforms (data/images/inference.py)
+        shift, scale = torch.zeros(shape), torch.ones(shape)
+    else:
+        norm = prep["normalizer"]
+        shift = torch.tensor(norm["shift"], dtype=torch.float32)
+        scale = torch.tensor(norm["scale"], dtype=torch.float32)
+    if "table" in prep and set(spec) == {"numeric", "categorical"}:
+        if not table_fields:
+            raise ConfigError(
+                f"{run_dir}: export takes one float matrix; this run's table is index-encoded (numeric and categorical "
+                "inputs): train with data.categorical_encoding=onehot to export it, or use predict"
+            )
+        return LoadedRun(config, prep, TableInferenceModel(trained.model, shift, scale, output).eval())
+    if set(spec) != {"inputs"} or spec["inputs"]["dtype"] != "float32":
+        fields = ", ".join(f"{k} ({v['dtype']})" for k, v in spec.items())
+        raise ConfigError(f"{run_dir}: predict and export take rows of float features; this run's samples have the fields {fields}")
+    model = InferenceModel(trained.model, shift, scale, shape, output).eval()
+    return LoadedRun(config, prep, model)
