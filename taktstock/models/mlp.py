@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from taktstock.models.layers import activation_layer
+from taktstock.models.layers import mlp_layers
 from taktstock.models.registry import register_model
 
 
@@ -25,18 +25,8 @@ class MLP(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            layers.append(activation_layer(activation))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, num_outputs))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(nn.Flatten(), *mlp_layers(width, hidden, num_outputs, activation, dropout, batch_norm))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from taktstock.models.layers import activation_layer
+from taktstock.models.layers import mlp_layers
 from taktstock.models.registry import register_model
 
 
@@ -46,17 +46,7 @@ class TabularNet(nn.Module):
         width = math.prod(input_shape) + sum(dims)
         if width == 0:
             raise ValueError("the table has neither numeric nor categorical features")
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            layers.append(activation_layer(activation))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, num_outputs))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(*mlp_layers(width, hidden, num_outputs, activation, dropout, batch_norm))
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
         parts = [numeric.flatten(1), *(emb(categorical[:, i]) for i, emb in enumerate(self.embeddings))]
