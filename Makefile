@@ -56,7 +56,7 @@ format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 
 test: lint $(AIRFLOW_VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # one worker per core; a test file stays on one worker (module fixtures)
 
 # Regenerate the config reference after changing config/schema.py (a test fails when it is stale).
 docs: $(VENV)/.runtime
