@@ -68,6 +68,29 @@ def test_better_run_takes_champion_alias_and_worse_run_does_not(project: Path) -
     assert client.get_model_version_by_alias("digits-tiny", "champion").version == champion.version
 
 
+def test_concurrent_promotes_of_one_run_register_one_version(tmp_path: Path) -> None:
+    """An Airflow retry can start while the first attempt still runs: both must agree on one version."""
+    from mlflow import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    config = tiny_config(
+        experiment={"name": "twice"}, logging={"tensorboard": False, "plots": False, "mlflow": {"tracking_uri": f"sqlite:///{db}"}}
+    )
+    write_config(tmp_path / "c.yaml", config)
+    run_cli("train", "c.yaml", "train.epochs=1", "--run-dir", "run", cwd=tmp_path, check=True)
+    cmd = [sys.executable, "-m", "taktstock", "promote", "run"]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted("already the champion" in out for out in outs) == [False, True], outs
+    client = MlflowClient(f"sqlite:///{db}")
+    (version,) = client.search_model_versions("name = 'twice'")
+    assert client.get_model_version_by_alias("twice", "champion").version == version.version
+    assert json.loads((tmp_path / "run/promotion.json").read_text())["version"] == int(version.version)
+
+
 def _rows(project: Path, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """Raw (un-normalised) digits rows of the run's test split and their indices."""
     import sklearn.datasets

@@ -8,6 +8,7 @@ RUN_DIR/promotion.json (the last output of the DVC and Airflow pipelines).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -72,11 +73,16 @@ def promote(run_dir: str | Path) -> Promotion:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri_for(config)
-    try:
-        result = _promote(run, config, metric, mode, metrics, value, uri)
-    except MlflowException as exc:
-        raise UserError(f"MLflow ({uri}): {exc.message}") from None
-    run.root.joinpath("promotion.json").write_text(json.dumps(asdict(result) | {"time": time.time()}, indent=2))
+    # One promote of a run at a time: an Airflow retry can start while a presumed-dead attempt still runs, and two
+    # concurrent promotes would each register a version and race for the alias. The second waits, then finds the
+    # first one's version by the weights' digest.
+    with run.root.joinpath(".promote.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            result = _promote(run, config, metric, mode, metrics, value, uri)
+        except MlflowException as exc:
+            raise UserError(f"MLflow ({uri}): {exc.message}") from None
+        run.root.joinpath("promotion.json").write_text(json.dumps(asdict(result) | {"time": time.time()}, indent=2))
     return result
 
 
@@ -100,8 +106,9 @@ def _promote(run: RunDir, config: Any, metric: str, mode: str, metrics: dict[str
         client.create_experiment(experiment, artifact_location=artifact_location(uri))
     digest = hashlib.sha256(run.best.read_bytes()).hexdigest() if run.best.is_file() else ""
     # Promoting the same weights again (a retried task, a re-run) reuses their version instead of adding one.
-    version = _existing_version(client, name, digest) or _register(run, name, experiment, metrics)
-    for key, tag in ((TAG_METRIC, metric), (TAG_VALUE, repr(value)), (TAG_RUN_DIR, str(run.root.resolve())), (TAG_WEIGHTS, digest)):
+    tags = {TAG_METRIC: metric, TAG_VALUE: repr(value), TAG_RUN_DIR: str(run.root.resolve()), TAG_WEIGHTS: digest}
+    version = _existing_version(client, name, digest) or _register(run, name, experiment, metrics, tags)
+    for key, tag in tags.items():
         client.set_model_version_tag(name, str(version), key, tag)
 
     try:
@@ -142,8 +149,11 @@ def _tagged_value(tags: dict[str, str], metric: str) -> float | None:
         return None
 
 
-def _register(run: RunDir, name: str, experiment: str, metrics: dict[str, float]) -> int:
-    """Log the traced inference model (raw features in, normalisation inside) as a new version of `name`."""
+def _register(run: RunDir, name: str, experiment: str, metrics: dict[str, float], tags: dict[str, str]) -> int:
+    """Log the traced inference model (raw features in, normalisation inside) as a new version of `name`.
+
+    The version is created with its tags (the weights' digest among them), so an attempt that dies right after
+    registering still leaves a version the next attempt recognises."""
     import mlflow
 
     from taktstock.tracking.mlflow_model import log_inference_model
@@ -152,9 +162,9 @@ def _register(run: RunDir, name: str, experiment: str, metrics: dict[str, float]
     with mlflow.start_run(run_name=run.root.name) as active:
         mlflow.set_tags({"taktstock.run_dir": str(run.root.resolve()), "taktstock.stage": "promote"})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        info = log_inference_model(run.root, registered_model_name=name)
+        info = log_inference_model(run.root)
         mlflow.log_artifact(str(run.preprocessing))
-    version = info.registered_model_version
+    version = mlflow.register_model(info.model_uri, name, tags=tags).version
     if version is None:
         raise UserError(f"MLflow did not register {name} (run {active.info.run_id})")
     return int(version)
