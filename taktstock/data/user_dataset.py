@@ -9,6 +9,10 @@ work. Each training read runs with torch's, Python's and NumPy's global generato
 (seed, epoch, index), so random transforms inside the dataset give the same sample with any
 number of workers and after a resume; evaluation reads use a seed of (seed, index). The built-in
 `data.augment` applies to the float inputs of `(inputs, target)` items of the training split.
+
+A class whose constructor takes `split` is built once per split ("train", "val", "test") so it can
+keep its own augmentation out of evaluation; `data.split_by` says whether taktstock splits the
+(identical) items of those objects by fraction or uses each object whole as its split.
 """
 
 from __future__ import annotations
