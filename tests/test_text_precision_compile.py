@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import run_cli, write_config
+from tests.conftest import cli_env, run_cli, write_config
 from tests.test_text_train import lm_config, text_config
 from tests.text_helpers import labelled_sentences, python_sources, write_jsonl
 
@@ -38,7 +38,7 @@ def _lm(workdir: Path, **train: Any) -> Path:
 @pytest.mark.parametrize("kind", ["text", "lm"])
 def test_bf16_trains_text_and_language_models_through_the_cli(workdir: Path, kind: str) -> None:
     cfg = (_text if kind == "text" else _lm)(workdir, precision="bf16")
-    run_cli("train", str(cfg), "--run-dir", "run", cwd=workdir, check=True)
+    run_cli("train", str(cfg), "--run-dir", "run", cwd=workdir, env=cli_env(OMP_NUM_THREADS="1"), check=True)
     losses = _losses(workdir / "run")
     assert len(losses) >= 3 and losses[-1] < losses[0]
     records = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
