@@ -88,12 +88,13 @@ class LoadedRun:
         return (self.model.shift + self.model.scale * noise).reshape(n, -1)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool = False) -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool = False, weights: str | None = None) -> LoadedRun:
     """Build the inference model of a run from its config, preprocessing.json and weights (no data needed).
 
     `table_fields`: a run on an index-encoded table gets a `TableInferenceModel` taking (numeric, categorical)
-    (predict); without it such a run is refused, since export and deployment take one float matrix."""
-    trained = load_trained_model(run_dir, checkpoint)
+    (predict); without it such a run is refused, since export and deployment take one float matrix.
+    `weights`: ema or raw for a train.ema run (`load_trained_model`)."""
+    trained = load_trained_model(run_dir, checkpoint, weights=weights)
     config, prep = trained.config, trained.preprocessing
     spec = prep.get("spec") or {"inputs": {"shape": prep["input_shape"], "dtype": "float32"}}
     if config.task == "regression":
