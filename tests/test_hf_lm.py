@@ -109,3 +109,16 @@ def test_saved_model_with_its_own_tokenizer_fine_tunes_and_generates_through_the
     rc, log = train(root, "mismatch", config)
     assert rc == 2 and "Traceback" not in log, log[-3000:]
     assert f"data.tokenizer: hf:{saved} has {model_vocab} token embeddings but the tokenizer trained for this run has 512" in log
+
+
+def test_a_config_that_cannot_hold_the_data_is_a_one_line_error_naming_the_key() -> None:
+    from taktstock.errors import ConfigError
+    from taktstock.models.zoo import build
+
+    small = TINY_GPT2 | {"n_positions": 16}
+    with pytest.raises(ConfigError, match=r"data\.block_size: 32 tokens per window, but model\.hf_config\.n_positions"):
+        build("hf:gpt2", {}, (32,), 100, small, task="language_modeling", vocab_size=100)
+    with pytest.raises(ConfigError, match=r"model\.hf_config\.vocab_size: 50 is smaller than the tokenizer's 100"):
+        build("hf:gpt2", {}, (16,), 100, small | {"vocab_size": 50}, task="language_modeling", vocab_size=100)
+    model = build("hf:gpt2", {}, (16,), 100, small, task="language_modeling", vocab_size=100)
+    assert model.config.vocab_size == 100 and model.config.eos_token_id is None and model.config.use_cache is False

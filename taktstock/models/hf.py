@@ -87,8 +87,12 @@ def build_hf(
         raise ConfigError(f"model: cannot build hf:{arch} ({type(exc).__name__}: {exc})") from None
     if image:
         model.forward = types.MethodType(_pixels_to_logits, model)  # type: ignore[method-assign]
-    if task == "language_modeling" and input_shape:
-        _check_positions(arch, model, int(input_shape[0]), hf_config is not None)
+    if task == "language_modeling":
+        # No key/value cache: training and evaluation run whole windows, and taktstock's sampler re-reads
+        # the cropped context at each token; a cache would only copy every layer's keys and values per step.
+        model.config.use_cache = False
+        if input_shape:
+            _check_positions(arch, model, int(input_shape[0]), hf_config is not None)
     return model
 
 
