@@ -78,9 +78,10 @@ def test_ddp_ranks_hold_the_same_ema_as_each_other_and_as_one_process(runs: dict
 
 
 def test_predict_and_export_take_weights_ema_or_raw(runs: dict[str, Path]) -> None:
+    from taktstock.checkpoint.inference import predict_rows
     from taktstock.deploy.export import export
     from taktstock.deploy.model import load_run
-    from taktstock.deploy.predict import _outputs, predict
+    from taktstock.deploy.predict import predict
 
     run, root = runs["single"], runs["root"]
     rows = np.random.default_rng(0).uniform(0, 16, (20, 64)).astype(np.float32)
@@ -90,7 +91,7 @@ def test_predict_and_export_take_weights_ema_or_raw(runs: dict[str, Path]) -> No
     cli = run_cli("predict", str(run), str(root / "rows.npz"), "--checkpoint", "last", "--weights", "ema", check=True).stdout
     ema_last = load_run(run, "last")
     ema_last.model.model.load_state_dict(load_file(str(run / "ema.safetensors")))
-    header, expected = _outputs(ema_last, inputs, 1024)
+    header, expected = predict_rows(ema_last, inputs)
     assert predict(run, root / "rows.npz", "last", weights="ema") == (header, expected)
     assert cli.splitlines()[0] == ",".join(header) and len(cli.splitlines()) == 21
     raw_last = predict(run, root / "rows.npz", "last", weights="raw")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from taktstock.checkpoint.inference import encode_table_rows, predict_rows
 from taktstock.deploy.model import LoadedRun, load_run
 from taktstock.errors import UserError
 
@@ -40,18 +41,9 @@ def read_inputs(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
 
 def _read_table_rows(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
     """Raw table rows (target absent, gaps and unseen levels allowed) encoded exactly as in training."""
-    from taktstock.data.tables import TableEncoder, read_table, report_unknown
+    from taktstock.data.tables import read_table
 
-    encoder = TableEncoder.from_state(loaded.preprocessing["table"])
-    table = read_table(path, error=UserError)
-    try:
-        encoded = encoder.transform(table)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    report_unknown(encoded.unknown, str(path))
-    if encoder.encoding == "index":
-        return encoded.features, encoded.categories
-    return (encoded.features,)
+    return encode_table_rows(loaded, read_table(path, error=UserError), str(path))
 
 
 def _read_npz(path: Path) -> np.ndarray:
@@ -115,7 +107,7 @@ def predict(
         from taktstock.deploy.predict_text import predict_text
 
         return predict_text(run_dir, input_path, checkpoint, weights=weights)
-    loaded = load_run(run_dir, checkpoint, table_fields=True, weights=weights)
+    loaded = load_run(run_dir, checkpoint, weights=weights)
     files: list[Path] = []
     if loaded.preprocessing.get("kind") == "image":
         from taktstock.data.images.inference import ImageInputs
@@ -129,31 +121,10 @@ def predict(
         inputs = [torch.from_numpy(dataset_inputs(Path(input_path), loaded))]
     else:
         inputs = [torch.from_numpy(a) for a in read_inputs(Path(input_path), loaded)]
-    header, rows = _outputs(loaded, inputs, batch_size)
+    header, rows = predict_rows(loaded, inputs, batch_size)
     if files:
         return ["file", *header], [[str(f), *row] for f, row in zip(files, rows, strict=True)]
     return header, rows
-
-
-def _outputs(loaded: LoadedRun, inputs: list[torch.Tensor], batch_size: int) -> tuple[list[str], list[list]]:
-    count = len(inputs[0])
-    with torch.no_grad():
-        batches = [loaded.model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, count, batch_size)]
-    out = torch.cat(batches) if batches else torch.empty(0)
-    if loaded.config.task == "regression":
-        values = out.reshape(count, -1)
-        header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
-        return header, values.tolist()
-    classes = loaded.class_names
-    if loaded.model.output == "sigmoid":  # one logit: probability of the positive class
-        p1 = out.reshape(-1)
-        probs = torch.stack([1 - p1, p1], dim=1)
-    else:
-        probs = out
-    names = classes if len(classes) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
-    labels = probs.argmax(dim=1).tolist()
-    rows = [[names[k], *p] for k, p in zip(labels, probs.tolist(), strict=True)]
-    return ["prediction", *(f"prob_{n}" for n in names)], rows
 
 
 def _is_text_run(run_dir: Path) -> bool:
