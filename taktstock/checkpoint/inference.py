@@ -151,12 +151,13 @@ def predict_rows(loaded: LoadedRun, inputs: Sequence[torch.Tensor], batch_size: 
     return ["prediction", *(f"prob_{n}" for n in names)], rows
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool = True) -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "best", table_fields: bool = True, weights: str | None = None) -> LoadedRun:
     """Build the inference model of a run from its config, preprocessing.json and weights (no data needed).
 
     A run on an index-encoded table gets a `TableInferenceModel` taking (numeric, categorical); `table_fields=False`
-    refuses such a run instead (for a caller that takes one float matrix)."""
-    trained = load_trained_model(run_dir, checkpoint)
+    refuses such a run instead (for a caller that takes one float matrix). `weights`: ema or raw for a train.ema
+    run (`load_trained_model`)."""
+    trained = load_trained_model(run_dir, checkpoint, weights=weights)
     config, prep = trained.config, trained.preprocessing
     spec = prep.get("spec") or {"inputs": {"shape": prep["input_shape"], "dtype": "float32"}}
     if config.task == "regression":

@@ -24,11 +24,15 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4
 
 
-def export(run_dir: str | Path, fmt: str, checkpoint: str = "best", out: str | Path | None = None) -> tuple[Path, float]:
-    """Write the model to `out` (default RUN_DIR/export/model.<ext>); returns (path, max abs difference to PyTorch)."""
+def export(
+    run_dir: str | Path, fmt: str, checkpoint: str = "best", out: str | Path | None = None, weights: str | None = None
+) -> tuple[Path, float]:
+    """Write the model to `out` (default RUN_DIR/export/model.<ext>); returns (path, max abs difference to PyTorch).
+
+    `weights`: ema or raw for a train.ema run (as `evaluate --weights`)."""
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got '{fmt}'")
-    loaded = load_run(run_dir, checkpoint)
+    loaded = load_run(run_dir, checkpoint, weights=weights)
     path = Path(out) if out else Path(run_dir) / "export" / f"model{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     x = loaded.example_inputs()

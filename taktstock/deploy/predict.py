@@ -94,17 +94,20 @@ def image_files(path: Path) -> list[Path]:
     return files
 
 
-def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024) -> tuple[list[str], list[list]]:
+def predict(
+    run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024, weights: str | None = None
+) -> tuple[list[str], list[list]]:
     """(CSV header, rows): the predicted class name and per-class probabilities, or the predicted value.
 
     For a run trained on images the input is an image file or a folder of them, and each row starts
-    with the file's path; the eval transforms of training turn files into model inputs.
+    with the file's path; the eval transforms of training turn files into model inputs. `weights`: ema or raw
+    for a train.ema run (as `evaluate --weights`).
     """
     if _is_text_run(Path(run_dir)):
         from taktstock.deploy.predict_text import predict_text
 
-        return predict_text(run_dir, input_path, checkpoint)
-    loaded = load_run(run_dir, checkpoint)
+        return predict_text(run_dir, input_path, checkpoint, weights=weights)
+    loaded = load_run(run_dir, checkpoint, weights=weights)
     files: list[Path] = []
     if loaded.preprocessing.get("kind") == "image":
         from taktstock.data.images.inference import ImageInputs

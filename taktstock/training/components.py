@@ -28,6 +28,10 @@ def build_model_for(
     spec, m = data.spec(), config.model
     vocab = next((f.vocab_size for f in spec.values() if f.vocab_size is not None), None)
     cards = next((f.cardinalities for f in spec.values() if f.cardinalities is not None), None)
+    if data.task == "language_modeling" and m.name.startswith("hf:") and m.hf_config is None and not isinstance(config.data.tokenizer, str):
+        from taktstock.models.hf import check_pretrained_vocab
+
+        check_pretrained_vocab(m.name.removeprefix("hf:"), vocab)  # type: ignore[arg-type]
     model = build_model(m.name, m.params(), input_shape(spec), data.num_outputs, vocab, m.hf_config, data.task, cardinalities=cards)
     initialize(model, config.model.init)
     # Fine-tuning: initial weights, then freezing, before the model is moved, wrapped or compiled.
