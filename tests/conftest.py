@@ -29,13 +29,49 @@ def cli_env(**extra: str) -> dict[str, str]:
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m taktstock ARGS` as a user would run it; returns the completed process."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "taktstock", *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
-    )
+    """`python -m taktstock ARGS` as a user would run it; returns the completed process.
+
+    The process is forked from this test worker's pre-imported interpreter (tests/resume_harness.py): a fresh
+    `python -m taktstock` spends most of a short command importing torch, torchmetrics and their optional
+    dependencies, hundreds of times per suite. TAKTSTOCK_TEST_SUBPROCESS=1 starts real interpreters instead."""
+    env = env or cli_env()
+    if os.environ.get("TAKTSTOCK_TEST_SUBPROCESS") == "1":
+        proc = subprocess.run([sys.executable, "-m", "taktstock", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = _forked(list(args), cwd or Path.cwd(), env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"taktstock {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+_CLI_SERVER: Any = None
+
+
+def _cli_server() -> Any:
+    """This worker's fork server for run_cli: its own, so a test's background run on the resume harness's
+    shared server (which serves one child at a time) never blocks a run_cli call."""
+    global _CLI_SERVER
+    from tests.resume_harness import ForkServer
+
+    if _CLI_SERVER is None or _CLI_SERVER.proc.poll() is not None:
+        import atexit
+
+        _CLI_SERVER = ForkServer()
+        atexit.register(_CLI_SERVER.close)
+    return _CLI_SERVER
+
+
+def _forked(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cli-") as tmp:
+        out, err = Path(tmp) / "out", Path(tmp) / "err"
+        child = _cli_server().start(args, Path(cwd).resolve(), out, env=env, err=err, replace_env=True)
+        try:
+            rc = child.wait(timeout)
+        except TimeoutError:
+            raise subprocess.TimeoutExpired(["taktstock", *args], timeout) from None
+        return subprocess.CompletedProcess(["taktstock", *args], rc, out.read_text(errors="replace"), err.read_text(errors="replace"))
 
 
 def tiny_config(**sections: Any) -> dict[str, Any]:

@@ -47,9 +47,20 @@ for line in sys.stdin:
         try:
             os.setpgid(0, 0)  # its own process group: DataLoader workers die with it on SIGKILL of the group
             os.chdir(req["cwd"])
+            if req.get("replace_env"):  # the whole environment, as subprocess.run(env=...) gives it
+                os.environ.clear()
             os.environ.update(req["env"])
+            # What a fresh interpreter would put on sys.path from this PYTHONPATH ('' is already the cwd).
+            added = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e and e not in sys.path]
+            sys.path[1:1] = added
+            for entry in added:  # site runs the first sitecustomize on the path at start-up; so does this child
+                if os.path.isfile(os.path.join(entry, "sitecustomize.py")):
+                    import runpy; runpy.run_path(os.path.join(entry, "sitecustomize.py"), run_name="sitecustomize")
+                    break
+            import importlib; importlib.invalidate_caches()
             fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1); os.dup2(fd, 2)
+            err = os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if req.get("err") else fd
+            os.dup2(fd, 1); os.dup2(err, 2)
             sys.stdout = open(1, "w", buffering=1, closefd=False)
             sys.stderr = open(2, "w", buffering=1, closefd=False)
             sys.stdin = open(os.devnull)
@@ -98,9 +109,21 @@ class ForkServer:
             raise RuntimeError(f"fork server exited ({self.proc.poll()})")
         return json.loads(line)
 
-    def start(self, args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Child:
+    def start(
+        self, args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None, err: Path | None = None, replace_env: bool = False
+    ) -> Child:
+        """Fork `taktstock ARGS`: stdout to `log`, stderr to `err` (default: `log` too); `env` updates the server's
+        environment, or replaces it with `replace_env`."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "log": str(log), "env": env or {}}) + "\n")
+        req = {
+            "args": args,
+            "cwd": str(cwd),
+            "log": str(log),
+            "env": env or {},
+            "err": str(err) if err else None,
+            "replace_env": replace_env,
+        }
+        self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         return Child(self, self._read(30)["pid"], log)
 
