@@ -1,0 +1,187 @@
+"""Streaming shards (data.source: mds): `prepare --to-mds`, then training from local or S3-compatible remote shards.
+
+Equality, not closeness: shards hold the samples the source yields at evaluation, and taktstock's own
+(seed, epoch) order reads them by random access, so a run from shards is the run from the source bit for bit.
+The remote is a moto S3 server started here on 127.0.0.1 (stopped by PID); its request log counts downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import cli_env, run_cli, tiny_config, write_config
+from tests.resume_harness import count_lines, shared_server, wait_until
+
+pytest.importorskip("streaming")
+
+BUCKET, PREFIX = "shards", "digits"
+# Small shards: the digits splits span many of them, so random access really crosses shard boundaries.
+SHARD_SIZE = "16kb"
+RUN = {"epochs": 2, "batch_size": 64, "log_every_n_steps": 5}
+
+
+def _train(root: Path, name: str, config: dict[str, Any], env: dict[str, str] | None = None) -> Path:
+    cfg = write_config(root / f"{name}.yaml", config)
+    run = root / name
+    rc = shared_server().run(["train", str(cfg), "--run-dir", str(run)], root, root / f"{name}.log", env, timeout=300)
+    assert rc == 0, (root / f"{name}.log").read_text()
+    return run
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """digits written as shards, and the run trained from the original source (in-memory arrays)."""
+    root = tmp_path_factory.mktemp("mds")
+    cfg = write_config(root / "source.yaml", tiny_config(train=RUN))
+    run_cli("prepare", str(cfg), "--to-mds", str(root / "shards"), "--shard-size", SHARD_SIZE, cwd=root, check=True)
+    return {"root": root, "shards": root / "shards", "source_run": _train(root, "source_run", tiny_config(train=RUN))}
+
+
+def _mds_config(**data: Any) -> dict[str, Any]:
+    return tiny_config(train=RUN, data={"source": "mds", **data})
+
+
+def test_prepare_to_mds_writes_every_split_and_the_metadata(digits: dict[str, Path]) -> None:
+    shards = digits["shards"]
+    meta = json.loads((shards / "taktstock.json").read_text())
+    assert meta["task"] == "classification" and meta["num_outputs"] == 10
+    assert meta["sizes"] == {"train": 1257, "val": 270, "test": 270}
+    index = json.loads((shards / "train" / "index.json").read_text())
+    assert len(index["shards"]) > 3 and sum(s["samples"] for s in index["shards"]) == 1257
+    assert meta["preprocessing"] == json.loads((digits["source_run"] / "preprocessing.json").read_text())
+
+
+def test_training_from_local_shards_is_the_source_run_bit_for_bit(digits: dict[str, Path]) -> None:
+    """In-memory arrays (source) vs two DataLoader workers reading shards: same batches, same weights and metrics."""
+    root, source = digits["root"], digits["source_run"]
+    run = _train(root, "local_run", _mds_config(path=str(digits["shards"]), num_workers=2))
+    for name in ("model.safetensors", "best.safetensors", "metrics.jsonl", "preprocessing.json"):
+        assert (run / name).read_bytes() == (source / name).read_bytes(), name
+    for r in (run, source):
+        run_cli("evaluate", str(r), cwd=root, check=True)
+    assert json.loads((run / "eval" / "metrics.json").read_text()) == json.loads((source / "eval" / "metrics.json").read_text())
+
+
+def test_mds_path_without_an_index_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    cfg = write_config(tmp_path / "c.yaml", _mds_config(path=str(tmp_path / "empty")))
+    proc = run_cli("train", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "data.path" in proc.stderr and "index.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ S3 remote
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3(digits: dict[str, Path]) -> Iterator[dict[str, Any]]:
+    """A moto S3 server on 127.0.0.1 holding the digits shards under s3://shards/digits/; its log lists requests."""
+    pytest.importorskip("moto")
+    import boto3
+
+    port, log = _free_port(), digits["root"] / "moto.log"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env["S3_ENDPOINT_URL"] = endpoint = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
+    try:
+        while True:  # ready when the port accepts a connection; a server that exited fails the fixture
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                try:
+                    proc.wait(timeout=0.05)
+                    raise RuntimeError(f"moto server exited ({proc.returncode}):\n{log.read_text()}")
+                except subprocess.TimeoutExpired:
+                    pass
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, **{k.lower(): v for k, v in env.items() if k.startswith("AWS_") and "REGION" not in k}
+        )
+        client.create_bucket(Bucket=BUCKET)
+        for file in sorted(p for p in digits["shards"].rglob("*") if p.is_file()):
+            client.upload_file(str(file), BUCKET, f"{PREFIX}/{file.relative_to(digits['shards']).as_posix()}")
+        yield {"env": cli_env(**env), "log": log, "remote": f"s3://{BUCKET}/{PREFIX}"}
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _gets(log: Path) -> Counter[str]:
+    """GET requests per object key in the moto server's log."""
+    return Counter(m.group(1) for m in re.finditer(rf'"GET /{BUCKET}/{PREFIX}/(\S+) HTTP', log.read_text()))
+
+
+def _cached(cache: Path) -> dict[str, tuple[int, int]]:
+    """Shard files in a cache directory -> (inode, mtime_ns): a re-download replaces the file and changes both."""
+    return {str(p.relative_to(cache)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.rglob("*.mds")}
+
+
+def test_remote_shards_cold_cache_then_sigkill_and_resume_is_bit_identical_without_redownloads(
+    digits: dict[str, Path], s3: dict[str, Any]
+) -> None:
+    root, env = digits["root"], s3["env"]
+    n_train_shards = len(json.loads((digits["shards"] / "train" / "index.json").read_text())["shards"])
+
+    # Cold cache: the run downloads what it reads, once, and trains exactly as from the source.
+    cold = root / "cache_cold"
+    reference_config = _mds_config(path=str(cold), remote=s3["remote"])
+    reference_config["train"] = RUN | {"log_every_n_steps": 1}  # as in the killed run: metrics.jsonl compares line by line
+    reference = _train(root, "remote_run", reference_config, env)
+    assert (reference / "model.safetensors").read_bytes() == (digits["source_run"] / "model.safetensors").read_bytes()
+    gets = _gets(s3["log"])
+    assert {k for k in gets if k.startswith("train/shard.")} == {f"train/shard.{i:05d}.mds" for i in range(n_train_shards)}
+    assert max(gets.values()) == 1, gets
+
+    # Two workers fetch shards concurrently into a second cold cache; SIGKILL mid-epoch, then resume.
+    before = _gets(s3["log"])
+    cache = root / "cache_killed"
+    config = _mds_config(path=str(cache), remote=s3["remote"], num_workers=2) | {"checkpoint": {"every_n_steps": 3}}
+    config["train"] = RUN | {"log_every_n_steps": 1}
+    cfg, run = write_config(root / "killed.yaml", config), root / "killed"
+    child = shared_server().start(["train", str(cfg), "--run-dir", str(run)], root, root / "killed-1.log", env)
+    # Mid-epoch 0 (20 steps per epoch): after step 15's log line, past the checkpoints of steps 3 to 15.
+    assert wait_until(lambda: count_lines(run / "metrics.jsonl") >= 15, child, 300), child.output()
+    child.kill_group()
+    assert child.wait(60) == -signal.SIGKILL, child.output()
+    kept = _cached(cache)
+    assert {k for k in kept if k.startswith("train/")} == {f"train/shard.{i:05d}.mds" for i in range(n_train_shards)}
+    fetched = _gets(s3["log"]) - before
+    assert max(fetched.values()) == 1, fetched  # the two workers never downloaded a shard twice
+
+    rc = shared_server().run(["train", "--resume", str(run)], root, root / "killed-2.log", env, timeout=300)
+    assert rc == 0, (root / "killed-2.log").read_text()
+    for name in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+    after = _cached(cache)
+    assert all(after[k] == v for k, v in kept.items()), "a cached shard was replaced"
+    refetched = (_gets(s3["log"]) - before) - fetched
+    assert not set(refetched) & set(kept), refetched
+
+
+def test_shard_samples_keep_dtypes(digits: dict[str, Path]) -> None:
+    from taktstock.config import load_config
+    from taktstock.data.prepare import prepare
+
+    data = prepare(load_config(write_config(digits["root"] / "dtypes.yaml", _mds_config(path=str(digits["shards"])))))
+    x, y = data.split("test")[3]
+    assert x.dtype == torch.float32 and tuple(x.shape) == (1, 8, 8) and y.dtype == torch.int64 and y.dim() == 0
