@@ -185,3 +185,37 @@ def test_shard_samples_keep_dtypes(digits: dict[str, Path]) -> None:
     data = prepare(load_config(write_config(digits["root"] / "dtypes.yaml", _mds_config(path=str(digits["shards"])))))
     x, y = data.split("test")[3]
     assert x.dtype == torch.float32 and tuple(x.shape) == (1, 8, 8) and y.dtype == torch.int64 and y.dim() == 0
+
+
+def test_text_and_language_model_shards_yield_the_source_batches(workdir: Path) -> None:
+    """Text classification (padded dict batches) and language-modelling windows round-trip through shards:
+    the same collated batches, dtypes, spec, preprocessing and tokenizer; LM shards need data.task."""
+    from taktstock.config import load_config
+    from taktstock.data.mds.write import write_mds
+    from taktstock.data.prepare import prepare
+    from taktstock.errors import ConfigError
+    from tests.test_text_train import lm_config, text_config
+    from tests.text_helpers import labelled_sentences, python_sources, write_jsonl
+
+    write_jsonl(workdir / "d.jsonl", labelled_sentences(60))
+    python_sources(workdir / "corpus", 6)
+    for name, config in (("text", text_config()), ("lm", lm_config())):
+        source = prepare(load_config(write_config(workdir / f"{name}.yaml", config)))
+        write_mds(source, workdir / f"{name}_shards", shard_size="8kb")
+        # Batch shaping (pad_to_multiple_of) is the experiment's, for shards as for the source.
+        data = {"source": "mds", "path": str(workdir / f"{name}_shards"), "pad_to_multiple_of": config["data"].get("pad_to_multiple_of")}
+        if name == "lm":
+            with pytest.raises(ConfigError, match=r"data\.task"):
+                prepare(load_config(write_config(workdir / "lm_no_task.yaml", config | {"data": data})))
+            data["task"] = "language_modeling"
+        shards = prepare(load_config(write_config(workdir / f"{name}_mds.yaml", config | {"data": data})))
+        assert shards.task == source.task and shards.spec() == source.spec() and shards.preprocessing() == source.preprocessing()
+        assert shards.tokenizer_path.read_bytes() == source.tokenizer_path.read_bytes()
+        for split in ("train", "val", "test"):
+            a, b = source.split(split), shards.split(split)
+            assert len(a) == len(b) > 0
+            keys = list(range(0, len(a), max(1, len(a) // 12)))
+            batch_a, batch_b = a.collate([a[i] for i in keys]), b.collate([b[i] for i in keys])
+            assert batch_a.keys() == batch_b.keys()
+            for k in batch_a:
+                assert batch_a[k].dtype == batch_b[k].dtype and torch.equal(batch_a[k], batch_b[k]), (name, split, k)
