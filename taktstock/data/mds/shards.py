@@ -85,14 +85,15 @@ class SplitShards:
         return self._state
 
     def __len__(self) -> int:
-        return int(self._open()["ends"][-1]) if self._open()["shards"] else 0
+        ends = self._open()["ends"]
+        return int(ends[-1]) if len(ends) else 0
 
     def sample(self, index: int) -> dict[str, Any]:
         """The decoded columns of sample `index` (0 <= index < len), its shard downloaded first if needed."""
-        st = self._open()
-        shard_id = int(np.searchsorted(st["ends"], index, side="right"))
-        if not 0 <= index < (st["ends"][-1] if len(st["ends"]) else 0):
+        if not 0 <= index < len(self):
             raise IndexError(index)
+        st = self._open()
+        shard_id = int(np.searchsorted(st["ends"], index, side="right"))  # ends are cumulative sample counts
         first = int(st["ends"][shard_id - 1]) if shard_id else 0
         if self.remote is not None and shard_id not in st["present"]:
             self._download(st, shard_id)
