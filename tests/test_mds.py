@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import cli_env, run_cli, tiny_config, write_config
-from tests.resume_harness import count_lines, shared_server, wait_until
+from tests.conftest import cli_env, tiny_config, write_config
+from tests.resume_harness import ForkServer, count_lines, shared_server, wait_until
 
 pytest.importorskip("streaming")
 
@@ -33,12 +33,17 @@ SHARD_SIZE = "16kb"
 RUN = {"epochs": 2, "batch_size": 64, "log_every_n_steps": 5}
 
 
+def _cli(root: Path, log: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`taktstock ARGS` in a fork of the pre-imported test server (a fresh interpreter per command costs seconds)."""
+    rc = shared_server().run(list(args), root, root / f"{log}.log", env, timeout=300)
+    return rc, (root / f"{log}.log").read_text()
+
+
 def _train(root: Path, name: str, config: dict[str, Any], env: dict[str, str] | None = None) -> Path:
     cfg = write_config(root / f"{name}.yaml", config)
-    run = root / name
-    rc = shared_server().run(["train", str(cfg), "--run-dir", str(run)], root, root / f"{name}.log", env, timeout=300)
-    assert rc == 0, (root / f"{name}.log").read_text()
-    return run
+    rc, out = _cli(root, name, "train", str(cfg), "--run-dir", str(root / name), env=env)
+    assert rc == 0, out
+    return root / name
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """digits written as shards, and the run trained from the original source (in-memory arrays)."""
     root = tmp_path_factory.mktemp("mds")
     cfg = write_config(root / "source.yaml", tiny_config(train=RUN))
-    run_cli("prepare", str(cfg), "--to-mds", str(root / "shards"), "--shard-size", SHARD_SIZE, cwd=root, check=True)
+    rc, out = _cli(root, "prepare", "prepare", str(cfg), "--to-mds", str(root / "shards"), "--shard-size", SHARD_SIZE)
+    assert rc == 0, out
     return {"root": root, "shards": root / "shards", "source_run": _train(root, "source_run", tiny_config(train=RUN))}
 
 
@@ -71,16 +77,16 @@ def test_training_from_local_shards_is_the_source_run_bit_for_bit(digits: dict[s
     for name in ("model.safetensors", "best.safetensors", "metrics.jsonl", "preprocessing.json"):
         assert (run / name).read_bytes() == (source / name).read_bytes(), name
     for r in (run, source):
-        run_cli("evaluate", str(r), cwd=root, check=True)
+        assert _cli(root, f"evaluate-{r.name}", "evaluate", str(r))[0] == 0
     assert json.loads((run / "eval" / "metrics.json").read_text()) == json.loads((source / "eval" / "metrics.json").read_text())
 
 
 def test_mds_path_without_an_index_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     cfg = write_config(tmp_path / "c.yaml", _mds_config(path=str(tmp_path / "empty")))
-    proc = run_cli("train", str(cfg), cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "data.path" in proc.stderr and "index.json" in proc.stderr and "Traceback" not in proc.stderr
+    rc, out = _cli(tmp_path, "train", "train", str(cfg))
+    assert rc == 2, out
+    assert "data.path" in out and "index.json" in out and "Traceback" not in out
 
 
 # ------------------------------------------------------------------------------------------------ S3 remote
@@ -176,6 +182,26 @@ def test_remote_shards_cold_cache_then_sigkill_and_resume_is_bit_identical_witho
     assert all(after[k] == v for k, v in kept.items()), "a cached shard was replaced"
     refetched = (_gets(s3["log"]) - before) - fetched
     assert not set(refetched) & set(kept), refetched
+
+
+def test_two_concurrent_runs_share_one_cold_cache_and_download_each_shard_once(digits: dict[str, Path], s3: dict[str, Any]) -> None:
+    """Two runs (two workers each) start together on the same empty cache: per-shard file locks, no shared memory."""
+    root, cache = digits["root"], digits["root"] / "cache_shared"
+    before = _gets(s3["log"])
+    second = ForkServer()  # the shared server runs one command at a time
+    try:
+        children = []
+        for server, name in ((shared_server(), "concurrent_a"), (second, "concurrent_b")):
+            cfg = write_config(root / f"{name}.yaml", _mds_config(path=str(cache), remote=s3["remote"], num_workers=2))
+            children.append(server.start(["train", str(cfg), "--run-dir", str(root / name)], root, root / f"{name}.log", s3["env"]))
+        assert [c.wait(300) for c in children] == [0, 0], [c.output() for c in children]
+    finally:
+        second.close()
+    for name in ("concurrent_a", "concurrent_b"):
+        assert (root / name / "model.safetensors").read_bytes() == (digits["source_run"] / "model.safetensors").read_bytes()
+    fetched = _gets(s3["log"]) - before
+    shards = {k: n for k, n in fetched.items() if k.endswith(".mds")}  # (the small metadata files may be fetched by both)
+    assert set(shards) == set(_cached(cache)) and set(shards.values()) == {1}, fetched
 
 
 def test_shard_samples_keep_dtypes(digits: dict[str, Path]) -> None:
