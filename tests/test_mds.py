@@ -204,13 +204,22 @@ def test_two_concurrent_runs_share_one_cold_cache_and_download_each_shard_once(d
     assert set(shards) == set(_cached(cache)) and set(shards.values()) == {1}, fetched
 
 
-def test_shard_samples_keep_dtypes(digits: dict[str, Path]) -> None:
+def test_shard_samples_keep_dtypes_and_data_augment_applies_on_read(digits: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards' samples are the source's tensors; data.augment (counter-based) augments them as it does the arrays."""
     from taktstock.config import load_config
     from taktstock.data.prepare import prepare
 
-    data = prepare(load_config(write_config(digits["root"] / "dtypes.yaml", _mds_config(path=str(digits["shards"])))))
-    x, y = data.split("test")[3]
+    monkeypatch.chdir(digits["root"])
+    augment = {"augment": {"shift": 1, "hflip": True, "noise_std": 0.1}}
+    source = prepare(load_config(write_config(digits["root"] / "aug_source.yaml", tiny_config(data={"source": "digits", **augment}))))
+    shards = prepare(load_config(write_config(digits["root"] / "aug_mds.yaml", _mds_config(path=str(digits["shards"]), **augment))))
+    x, y = shards.split("test")[3]
     assert x.dtype == torch.float32 and tuple(x.shape) == (1, 8, 8) and y.dtype == torch.int64 and y.dim() == 0
+    a, b = source.split("train"), shards.split("train")
+    for key in [(0, 5), (1, 5), (3, 1000)]:
+        (xa, ya), (xb, yb) = a[key], b[key]
+        assert torch.equal(xa, xb) and torch.equal(ya, yb), key
+    assert not torch.equal(b[(0, 5)][0], b[5][0])  # training keys are augmented, evaluation keys are not
 
 
 def test_text_and_language_model_shards_yield_the_source_batches(workdir: Path) -> None:
