@@ -100,8 +100,8 @@ def write_mds(data: PreparedDataset, out: Path, shard_size: str = "64mb") -> dic
     from streaming import MDSWriter
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--to-mds: {out} already exists and is not empty (choose a new directory)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--to-mds: {out} already exists and is not an empty directory (choose a new one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
