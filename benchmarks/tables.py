@@ -1,12 +1,20 @@
-"""Tables: prepare time and peak memory for a large mixed-type Parquet file (issue 15's targets).
+"""Tables: prepare time and peak memory for a large mixed-type Parquet file (issue 15's targets), and training throughput.
 
     python -m benchmarks.tables [--rows 1000000] [--workdir DIR] [--batches]
+    python -m benchmarks.tables --train [--rows 1000000] [--steps 300] [--repeats 5] [--threads 1] [--json PATH]
 
 Writes a Parquet table of `rows` rows and 30 feature columns (16 float, 8 of them with 5% gaps; 2 integer;
 6 text categories of 4-50 levels with 3% gaps; 3 boolean with gaps; 2 timestamps) plus a 3-class target,
 then runs `prepare` (read, split, fit on the training rows, encode, normalise, cache) in a fresh process and
 reports its wall time and peak RSS against the size of the encoded float32 matrix.
 Targets: under 60 s on 2 cores; peak RSS under 4x the encoded matrix.
+
+`--train` times training instead, in one process, for each encoding: `taktstock train` (onehot: `mlp` on the
+in-memory float matrix; index: `tabular` on the memory-mapped dict samples) against a hand-written PyTorch loop on
+the same encoded tensors (the prepared training split, loaded into memory), the same model built by taktstock's
+registry, fused AdamW (taktstock's default kernel) and batch size. Each contender trains `steps` optimizer steps per
+round, timed from the first to the last step (taktstock: the FitTimer callback, no periodic checkpoints); rounds are
+interleaved, and the result is the median samples/s and the median of the per-round ratios to the hand-written loop.
 """
 
 from __future__ import annotations
@@ -123,21 +131,183 @@ def batch_throughput(path: Path, workdir: Path, rounds: int = 3) -> dict[str, li
     return result
 
 
+BATCH = 512
+HIDDEN = [256, 256]
+HAND_WRITTEN = "hand-written loop"
+
+
+def train_config(path: Path, workdir: Path, encoding: str, steps: int) -> dict[str, Any]:
+    """The taktstock experiment of `--train`: every row trains (no validation: the hand-written loop does not
+    validate), `steps` optimizer steps, no periodic checkpoints."""
+    return {
+        "experiment": {"name": f"bench-tables-{encoding}", "output_dir": str(workdir / "runs")},
+        "seed": 0,
+        "data": {
+            "source": "parquet",
+            "path": str(path),
+            "target": "target",
+            "categorical_encoding": encoding,
+            "val_fraction": 0.0,
+            "test_fraction": 0.0,
+            "cache_dir": str(workdir / "prepared"),
+        },
+        "model": {"name": "mlp" if encoding == "onehot" else "tabular", "hidden": HIDDEN},
+        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
+        "train": {
+            "epochs": 1,
+            "max_steps": steps,
+            "batch_size": BATCH,
+            "log_every_n_steps": 50,
+            "callbacks": ["benchmarks.timing:FitTimer"],
+        },
+        "metrics": {"monitor": "train/loss", "mode": "min"},
+        "checkpoint": {"every_n_minutes": None, "every_n_steps": None, "every_epoch": False, "save_best": False},
+        "logging": {"tensorboard": False, "plots": False, "progress": "off"},
+    }
+
+
+class TaktstockTrain:
+    """`train()` of the experiment in this process; (seconds from the first to the last optimizer step, samples)."""
+
+    def __init__(self, raw: dict[str, Any], run_dir: Path) -> None:
+        from taktstock.config.loader import validate
+
+        self.config = validate(raw, {}, "benchmark")
+        self.run_dir = run_dir
+
+    def __call__(self) -> tuple[float, int]:
+        import contextlib
+        import io
+        import shutil
+
+        from benchmarks.timing import MARKS
+        from taktstock.training.run import train
+
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            result = train(self.config, run_dir=self.run_dir)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        steps = self.config.train.max_steps
+        if result.steps != steps:
+            raise RuntimeError(f"taktstock trained {result.steps} steps, expected {steps}")
+        return MARKS["last_step"] - MARKS["start"], steps * BATCH
+
+
+class HandWrittenTable:
+    """The loop a PyTorch user writes on the encoded tensors: a random permutation, batches by indexing,
+    the model's forward on (x) or (numeric, categorical), cross-entropy, backward, fused AdamW step."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        import torch
+
+        from taktstock.config.loader import validate
+        from taktstock.data.prepare import prepare
+
+        self.config = validate(raw, {}, "benchmark")
+        data = prepare(self.config)  # a cache hit: the arrays taktstock trains on
+        split = data.split("train")
+        if self.config.data.categorical_encoding == "index":
+            arrays = {k: np.array(v) for k, v in split.arrays().items()}  # into memory: the loop's own copy
+            self.inputs = (torch.from_numpy(arrays["numeric"]), torch.from_numpy(arrays["categorical"]))
+            self.y = torch.from_numpy(arrays["labels"])
+        else:
+            self.inputs, self.y = (torch.from_numpy(split.x),), torch.from_numpy(split.y)
+        self.prep = data.preprocessing()
+
+    def __call__(self) -> tuple[float, int]:
+        import torch
+        import torch.nn.functional as F
+
+        from taktstock.models.registry import build_model
+
+        torch.manual_seed(0)
+        m, prep = self.config.model, self.prep
+        model = build_model(m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], cardinalities=prep.get("cardinalities"))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
+        steps, n = self.config.train.max_steps, len(self.y)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        model.train()
+        t0 = time.perf_counter()
+        for step in range(steps):
+            idx = perm[step * BATCH : (step + 1) * BATCH]
+            loss = F.cross_entropy(model(*(t[idx] for t in self.inputs)), self.y[idx])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, steps * BATCH
+
+
+def train_throughput(rows: int, workdir: Path, steps: int, repeats: int, warmup: bool = True) -> dict[str, Any]:
+    """Per encoding: taktstock vs the hand-written loop, interleaved rounds (benchmarks.common.interleaved)."""
+    from benchmarks.common import Timed, interleaved
+
+    if steps > rows // BATCH:  # within one epoch: full batches only, the same samples for both contenders
+        raise SystemExit(f"error: --steps {steps} needs at least {steps * BATCH:,} rows (--rows {rows:,})")
+    path = workdir / f"table-{rows}.parquet"  # kept for reruns with the same --workdir (and so is the prepared cache)
+    if not path.is_file():
+        write_table(path, rows)
+    result: dict[str, Any] = {"rows": rows, "batch_size": BATCH, "steps": steps, "repeats": repeats, "hidden": HIDDEN}
+    for encoding in ("onehot", "index"):
+        raw = train_config(path, workdir, encoding, steps)
+        hand = HandWrittenTable(raw)  # prepares (or reopens) the cache first, outside every timing
+        contenders = [Timed(HAND_WRITTEN, hand), Timed("taktstock train", TaktstockTrain(raw, workdir / "runs" / encoding))]
+        result[encoding] = interleaved(contenders, repeats, HAND_WRITTEN, warmup=warmup)
+        result[f"{encoding}_input_columns"] = [int(t.shape[1]) for t in hand.inputs]  # float columns (, level indices)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=None, help="Table rows (default 1,000,000; --quick: 2,000).")
     parser.add_argument("--workdir", type=Path, default=None, help="Where the table and cache go (default: a temporary directory).")
     parser.add_argument("--batches", action="store_true", help="Also time training batches: onehot in-memory matrix vs index dict samples.")
+    parser.add_argument("--train", action="store_true", help="Time training (taktstock vs a hand-written loop) instead of prepare.")
+    parser.add_argument("--steps", type=int, default=300, help="--train: optimizer steps per contender and round (batch 512).")
+    parser.add_argument("--repeats", type=int, default=5, help="--train: interleaved rounds (after one warm-up round).")
+    parser.add_argument("--threads", type=int, default=1, help="--train: torch intra-op threads, the same for both contenders.")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the result to this JSON file.")
+    parser.add_argument("--quick", action="store_true", help="--train smoke run: 2,000 rows, 3 steps, 1 round, no warm-up.")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeats = 3, 1
+    rows = args.rows or (2_000 if args.quick else 1_000_000)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        result: dict[str, Any] = run(args.rows, workdir)
-        if args.batches:
-            result["batch_samples_per_s"] = batch_throughput(workdir / "table.parquet", workdir)
-    for key, value in result.items():
-        print(f"{key:>24}: {value:.3f}" if isinstance(value, float) else f"{key:>24}: {value}")
+        if args.train:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            result: dict[str, Any] = train_throughput(rows, workdir, args.steps, args.repeats, warmup=not args.quick)
+            result["threads"] = args.threads
+            _print_train(result)
+        else:
+            result = run(rows, workdir)
+            if args.batches:
+                result["batch_samples_per_s"] = batch_throughput(workdir / "table.parquet", workdir)
+            for key, value in result.items():
+                print(f"{key:>24}: {value:.3f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    if args.json is not None:
+        from benchmarks.common import write_json
+
+        write_json(args.json, result)
     print(json.dumps(result))
+
+
+def _print_train(result: dict[str, Any]) -> None:
+    from benchmarks.common import print_table
+
+    for encoding in ("onehot", "index"):
+        print_table(
+            f"{encoding} ({result['rows']:,} rows, batch {BATCH}, {result['steps']} steps, median of {result['repeats']} rounds)",
+            result[encoding],
+            [
+                ("contender", "contender", ""),
+                ("samples_per_s", "samples/s (median)", ",.0f"),
+                ("ratio", "x hand-written (median of paired)", ".3f"),
+                ("best_samples_per_s", "best samples/s", ",.0f"),
+            ],
+        )
 
 
 if __name__ == "__main__":

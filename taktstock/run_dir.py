@@ -3,6 +3,7 @@
 RUN_DIR/config.yaml         resolved config
 RUN_DIR/run.json            status, timings, best metric (for `taktstock runs`)
 RUN_DIR/metrics.jsonl       logged metrics
+RUN_DIR/samples.jsonl       logging.samples: text continuations sampled at validation (language models)
 RUN_DIR/checkpoints/        periodic checkpoints, last, best
 RUN_DIR/model.safetensors   final weights
 RUN_DIR/best.safetensors    best weights by the monitored metric (train.ema: the EMA's)
@@ -40,6 +41,7 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     info = property(lambda self: self.root / "run.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")
+    samples = property(lambda self: self.root / "samples.jsonl")
     checkpoints = property(lambda self: self.root / "checkpoints")
     model = property(lambda self: self.root / "model.safetensors")
     best = property(lambda self: self.root / "best.safetensors")

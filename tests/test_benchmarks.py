@@ -43,3 +43,27 @@ def test_quick_mlp_benchmark_writes_every_contender_with_paired_ratios(tmp_path:
         assert r["samples"] == 2 * 2048 and r["ratio"] > 0
     # The console table names every contender too.
     assert all(name in proc.stdout for name in expected)
+
+
+def test_quick_tables_training_benchmark_times_taktstock_and_the_hand_written_loop_per_encoding(tmp_path: Path) -> None:
+    """`python -m benchmarks.tables --train --quick`: structure only (the numbers come from a quiet machine)."""
+    out = tmp_path / "tables.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tables", "--train", "--quick", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        cwd=tmp_path,
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["rows"] == 2000 and result["steps"] == 3 and result["threads"] == 1
+    # onehot: one float matrix with the one-hot levels; index: the float columns plus 6 level indices (the 6 text columns).
+    assert result["index_input_columns"][1] == 6 and result["onehot_input_columns"][0] > result["index_input_columns"][0]
+    for encoding in ("onehot", "index"):
+        rows = {r["contender"]: r for r in result[encoding]}
+        assert set(rows) == {"hand-written loop", "taktstock train"}
+        assert rows["hand-written loop"]["ratio"] == 1.0
+        assert all(len(r["samples_per_s_all"]) == 1 and r["samples_per_s"] > 0 and r["ratio"] > 0 for r in rows.values())
+    assert "x hand-written" in proc.stdout

@@ -17,6 +17,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="onnx, torchscript or safetensors.")] = "onnx",
     checkpoint: Annotated[str, typer.Option(help="Weights to export: best or last.")] = "best",
     out: Annotated[Path | None, typer.Option(help="Output file (default RUN_DIR/export/model.<ext>).")] = None,
+    weights: Annotated[str | None, typer.Option(help="train.ema runs: ema (default) or raw weights.")] = None,
 ) -> None:
     """Write a self-contained model (normalisation included: raw features in) and check it against PyTorch."""
     if format == "onnx":
@@ -26,5 +27,5 @@ def export(
             optional_import(module, "export", "taktstock export --format onnx")
     from taktstock.deploy.export import export as run_export
 
-    path, diff = run_export(run_dir, format, checkpoint, out)
+    path, diff = run_export(run_dir, format, checkpoint, out, weights=weights)
     print(f"wrote {path} (checked: max difference to PyTorch {diff:.2g})")

@@ -24,12 +24,13 @@ def predict(
     ],
     out: Annotated[Path | None, typer.Option(help="Write predictions to this CSV (default: print).")] = None,
     checkpoint: Annotated[str, typer.Option(help="Weights: best or last.")] = "best",
+    weights: Annotated[str | None, typer.Option(help="train.ema runs: ema (default) or raw weights.")] = None,
 ) -> None:
     """Batch inference with the run's training-time preprocessing; writes class and probabilities (or value)."""
     from taktstock.deploy.predict import predict as run_predict
     from taktstock.deploy.predict import to_csv
 
-    header, rows = run_predict(run_dir, input, checkpoint)
+    header, rows = run_predict(run_dir, input, checkpoint, weights=weights)
     text = to_csv(header, rows)
     if out is None:
         sys.stdout.write(text)

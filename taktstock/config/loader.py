@@ -231,6 +231,17 @@ def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
         if entry.meta.get("check") is not None:
             entry.meta["check"](config)  # the source's own settings (e.g. image transforms), before any data is read
         _check_source_task(config, entry, lines, source)
+    if entry is not None and config.data.split_by != "fractions":
+        where = _where(source, lines, "data.split_by")
+        raise ConfigError(
+            f"{where}data.split_by: 'dataset' is for a user Dataset class with a `split` argument, not data.source '{config.data.source}'"
+        )
+    if config.logging.samples is not None and (entry is None or config.task != "language_modeling"):
+        where = _where(source, lines, "logging.samples")
+        raise ConfigError(
+            f"{where}logging.samples: text samples need a language model trained on data.source: corpus "
+            f"(this run is {config.task} on '{config.data.source}'); remove logging.samples"
+        )
     loss, task = config.loss.name, config.data.task
     if not is_import_path(loss):
         implied = LOSSES.get(loss, " or use 'module:callable'").meta["task"]

@@ -100,7 +100,17 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
             continue
         limits = _constraints(field)
         rows.append((key, type_text(ann) + (f", {limits}" if limits else ""), _default_text(field), desc))
+        optional = _optional_model(ann)
+        if optional is not None:  # an optional section (train.ema, logging.samples): its keys when given
+            rows.extend(_rows(optional, key + "."))
     return rows
+
+
+def _optional_model(annotation: Any) -> type[BaseModel] | None:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and len(typing.get_args(annotation)) == 2 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
 
 
 def _mapping_value_model(annotation: Any) -> type[BaseModel] | None:

@@ -116,6 +116,12 @@ class DataConfig(Section):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for validation.")
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of samples held out for testing.")
     stratify: bool = Field(True, description="Stratify the split by class for classification data.")
+    split_by: Literal["fractions", "dataset"] = Field(
+        "fractions",
+        description="A user Dataset whose constructor takes `split` (built once per split with 'train', 'val', 'test'): "
+        "'fractions' splits its items by val_fraction/test_fraction (every split object serves the same items); "
+        "'dataset' uses each split object whole (the dataset reads its own split files; the fractions do not apply).",
+    )
     normalize: Literal["standard", "minmax", "global", "none"] = Field(
         "standard",
         description="Normalisation fitted on the training split only: per-feature standard, minmax, global, or none "
@@ -429,6 +435,15 @@ class WandbConfig(Section):
     )
 
 
+class SamplesConfig(Section):
+    prompts: list[str] = Field(..., min_length=1, description="Prompts continued at each sampled validation ('' starts a new document).")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per prompt.")
+    every_n_validations: int = Field(1, ge=1, description="Sample at every N-th validation.")
+    temperature: float = Field(0.8, ge=0.0, description="Sampling temperature; 0 is greedy.")
+    top_k: int | None = Field(50, ge=1, description="Sample from the k most likely tokens only; null: from all.")
+    seed: int = Field(0, description="Seed of the sampling generator (prompt i uses seed + i); never the training RNG.")
+
+
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files to RUN_DIR/tensorboard.")
     histogram_every_n_steps: int | None = Field(None, ge=1, description="Log weight and gradient histograms to TensorBoard every N steps.")
@@ -439,6 +454,11 @@ class LoggingConfig(Section):
     )
     mlflow: MlflowConfig = Field(default_factory=lambda: MlflowConfig(), description="MLflow tracking.")
     wandb: WandbConfig = Field(default_factory=lambda: WandbConfig(), description="Weights & Biases tracking.")
+    samples: SamplesConfig | None = Field(
+        None,
+        description="Language modelling: text continuations of fixed prompts at validation, logged to TensorBoard, "
+        "MLflow and RUN_DIR/samples.jsonl; null: off.",
+    )
 
 
 class DistributedConfig(Section):

@@ -224,11 +224,27 @@ def _synthetic_fingerprint(config: Config) -> str:
 _CHEAP_FINGERPRINTS["synthetic"] = _synthetic_fingerprint
 
 
-def construct_user_source(config: Config) -> tuple[Any, Any]:
-    """(imported object, what calling it with data.kwargs produced) for `data.source: module:Name`."""
-    obj = import_object(config.data.source, "data.source")
+def accepts_split(obj: Any) -> bool:
+    """Whether a user class or factory takes a `split` argument by name (then it is built once per split)."""
     try:
-        produced: Any = obj(**config.data.kwargs)
+        param = inspect.signature(obj).parameters.get("split")
+    except (TypeError, ValueError):  # builtins and C extensions without a signature
+        return False
+    return param is not None and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def construct_user_source(config: Config, split: str | None = None) -> tuple[Any, Any]:
+    """(imported object, what calling it with data.kwargs produced) for `data.source: module:Name`.
+
+    With `split` ("train", "val", "test") and an object that takes a `split` argument, it is passed too."""
+    obj = import_object(config.data.source, "data.source")
+    kwargs = dict(config.data.kwargs)
+    if split is not None and accepts_split(obj):
+        if "split" in kwargs:
+            raise ConfigError(f"data.kwargs.split: {config.data.source} takes `split`, which taktstock passes itself; remove the key")
+        kwargs["split"] = split
+    try:
+        produced: Any = obj(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"data.kwargs: cannot construct {config.data.source} ({exc})") from None
     return obj, produced

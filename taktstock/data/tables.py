@@ -376,6 +376,31 @@ def _is_known(values: pd.Series, levels: list[str | None]) -> np.ndarray:
     return seen | values.isna().to_numpy() if None in levels else seen
 
 
+def example_rows(state: dict[str, Any], n: int = 3) -> pd.DataFrame:
+    """`n` raw rows in the training columns, made from the stored encoding alone (no data file): medians and known
+    levels, and a gap in every column of the last row. An input example for model registries, not real data."""
+    import pandas as pd
+
+    num = dict(zip(state["numeric"]["columns"], state["numeric"]["fill"], strict=True))
+    cat = dict(zip(state["categorical"]["columns"], state["categorical"]["levels"], strict=True))
+    last = n - 1
+    cols: dict[str, pd.Series] = {}
+    for name, kind in state["columns"]:
+        if kind == "categorical":
+            known = [v for v in cat[name] if v is not None] or [None]
+            values: list[Any] = [known[i % len(known)] for i in range(last)] + [None]
+        elif kind == "boolean":
+            values = [i % 2 == 0 for i in range(last)] + [None]
+        elif kind == "datetime":
+            year, month = (round(num[f"{name}.{p}"]) for p in ("year", "month"))
+            hour = round(num.get(f"{name}.hour", 0.0))
+            values = [pd.Timestamp(year=year, month=month, day=1 + i, hour=hour) for i in range(last)] + [pd.NaT]
+        else:
+            values = [num[name]] * last + [float("nan")]
+        cols[name] = pd.Series(values, dtype="datetime64[us]" if kind == "datetime" else object if kind != "numeric" else float)
+    return pd.DataFrame(cols)
+
+
 def report_unknown(unknown: dict[str, int], where: str) -> None:
     """One line per categorical column that met levels unseen in training (they were encoded as unknown)."""
     for c, k in unknown.items():

@@ -9,6 +9,10 @@ work. Each training read runs with torch's, Python's and NumPy's global generato
 (seed, epoch, index), so random transforms inside the dataset give the same sample with any
 number of workers and after a resume; evaluation reads use a seed of (seed, index). The built-in
 `data.augment` applies to the float inputs of `(inputs, target)` items of the training split.
+
+A class whose constructor takes `split` is built once per split ("train", "val", "test") so it can
+keep its own augmentation out of evaluation; `data.split_by` says whether taktstock splits the
+(identical) items of those objects by fraction or uses each object whole as its split.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from taktstock.config.schema import AugmentConfig, Config
 from taktstock.data.augment import augment_batch, is_active
 from taktstock.data.dataset import (
     EVAL_STREAM,
+    SPLITS,
     Key,
     Spec,
     SplitDataset,
@@ -138,24 +143,40 @@ def _label_key(target: Any) -> str:
 
 
 class UserPrepared:
-    """The `PreparedDataset` of a user Dataset: a deterministic split of its indices (nothing is cached)."""
+    """The `PreparedDataset` of a user Dataset: a deterministic split of its indices (nothing is cached).
 
-    def __init__(self, config: Config, dataset: Any, fingerprint: str) -> None:
+    `datasets` maps each split to the object that serves it: one shared object, or one built per split
+    for a class that takes `split`. With `given` (data.split_by: dataset) each split is the whole of
+    its own object; otherwise the objects serve the same items and taktstock splits their indices."""
+
+    def __init__(self, config: Config, datasets: dict[str, Any], fingerprint: str, given: bool = False) -> None:
         from taktstock.data.prepare import Normalizer, _split_indices
         from taktstock.data.sources import _targets
 
         src = config.data.source
-        self.dataset, self.fingerprint, self.task, self.path = dataset, fingerprint, config.task, None
-        n = len(dataset)
-        if n == 0:
-            raise ConfigError(f"data.source: {src} has no items")
-        probe = UserSplit(dataset, np.arange(n), config.seed, src).__getitem__(0)
+        self.fingerprint, self.task, self.path = fingerprint, config.task, None
+        train = self.dataset = datasets["train"]
+        sizes = {s: len(d) for s, d in datasets.items()}
+        if not given and len(set(sizes.values())) > 1:
+            raise ConfigError(
+                f"data.split_by: {src}(split=...) has {', '.join(f'{n} {s}' for s, n in sizes.items())} items, so it serves its "
+                "own splits; set data.split_by: dataset (or give every split the same items for taktstock to split)"
+            )
+        if sizes["train"] == 0:
+            raise ConfigError(f"data.source: {src} has no {'training ' if given else ''}items")
+        order = [s for s in SPLITS if sizes[s]] if given else ["train"]  # the objects whose items are labelled
+        probe = UserSplit(train, np.arange(sizes["train"]), config.seed, src).__getitem__(0)
         self._spec = spec_of_sample(probe)
+        for s in order[1:]:  # every split must fit the model built from the training sample
+            other = spec_of_sample(UserSplit(datasets[s], np.arange(sizes[s]), config.seed, src)[0])
+            if other != self._spec:
+                raise ConfigError(f"data.source: {src}(split={s!r}) items do not match its training items ({other} vs {self._spec})")
+        n = sum(sizes[s] for s in order)
         labels = probe[1] if isinstance(probe, tuple) else probe["labels"]
-        names = [str(c) for c in getattr(dataset, "classes", []) or []]
+        names = [str(c) for c in getattr(train, "classes", []) or []]
         label_index = None
         if config.task == "classification" and labels.ndim == 0:
-            values = _label_values(dataset, n, src, config.seed)
+            values = [v for s in order for v in _label_values(datasets[s], sizes[s], src, config.seed)]
             y, found = _targets(values, config)
             if any(str(v) != str(i) for v, i in zip(values, y.tolist(), strict=True)):
                 label_index = {str(v): int(i) for v, i in zip(values, y.tolist(), strict=True)}
@@ -163,7 +184,7 @@ class UserPrepared:
             self.class_names = names or found
         elif config.task == "classification":  # per-position labels (sequences): no stratified split
             y = np.zeros(n, np.int64)
-            self.num_outputs = int(getattr(dataset, "num_outputs", 0) or len(names))
+            self.num_outputs = int(getattr(train, "num_outputs", 0) or len(names))
             if not self.num_outputs:
                 raise ConfigError(f"data.source: {src} has per-position labels; give it a `classes` list or a `num_outputs` attribute")
             self.class_names = names or [str(i) for i in range(self.num_outputs)]
@@ -171,21 +192,22 @@ class UserPrepared:
             y, self.num_outputs, self.class_names = np.zeros(n, np.float32), 1, []
         if labels.ndim != 0:  # sequence or vector targets cannot be stratified
             config = config.model_copy(update={"data": config.data.model_copy(update={"stratify": False})})
-        parts = _split_indices(config, y)
+        # Given splits are used whole, in the dataset's order; data.val_fraction/test_fraction do not apply.
+        parts = {s: np.arange(sizes[s]) for s in SPLITS} if given else _split_indices(config, y)
         inputs = self._spec.get("inputs")
         norm_state = None
         if isinstance(probe, tuple) and inputs is not None and inputs.dtype == "float32" and config.data.normalize != "none":
             sample = parts["train"][np.linspace(0, len(parts["train"]) - 1, min(NORMALIZE_SAMPLES, len(parts["train"]))).astype(np.int64)]
-            reader = UserSplit(dataset, sample, config.seed, src, label_index=label_index)
+            reader = UserSplit(train, sample, config.seed, src, label_index=label_index)
             x = np.stack([reader[i][0].numpy() for i in range(len(sample))]) if len(sample) else np.zeros((0, *inputs.shape), np.float32)
             norm_state = Normalizer.fit(x, config.data.normalize)
         self.normalizer = norm_state or Normalizer.fit(np.zeros((0, *(inputs.shape if inputs else ())), np.float32), "none")
         tensors = None if norm_state is None else (torch.from_numpy(norm_state.shift), torch.from_numpy(norm_state.scale))
         augment = config.data.augment if isinstance(probe, tuple) else None
         self._splits = {
-            s: UserSplit(dataset, parts[s], config.seed, src, tensors, label_index, augment if s == "train" else None) for s in parts
+            s: UserSplit(datasets[s], parts[s], config.seed, src, tensors, label_index, augment if s == "train" else None) for s in parts
         }
-        self.feature_names = [str(f) for f in getattr(dataset, "feature_names", []) or []]
+        self.feature_names = [str(f) for f in getattr(train, "feature_names", []) or []]
         self.source = src
 
     @property
@@ -230,18 +252,36 @@ def _label_values(dataset: Any, n: int, source: str, seed: int) -> list[Any]:
 
 
 def prepare_user_source(config: Config, verbose: bool = False) -> Any:
-    """`data.source: module:Name`: a Dataset class used lazily, or a function returning (x, y) arrays."""
-    from taktstock.data.prepare import prepare_arrays
-    from taktstock.data.sources import construct_user_source, source_code_hash, user_arrays
+    """`data.source: module:Name`: a Dataset class used lazily, or a function returning (x, y) arrays.
 
-    obj, produced = construct_user_source(config)
+    A class (or factory) that takes a `split` argument is built once per split with "train", "val" and
+    "test", so it can augment only its training items or read its own split files (data.split_by)."""
+    from taktstock.data.prepare import prepare_arrays
+    from taktstock.data.sources import accepts_split, construct_user_source, source_code_hash, user_arrays
+
+    src, per_split = config.data.source, None
+    obj, produced = construct_user_source(config, split="train")
     if isinstance(produced, tuple):
+        if accepts_split(obj):
+            raise ConfigError(f"data.source: {src} takes `split` but returns arrays; a split-aware source must return a Dataset")
         return prepare_arrays(config, verbose, raw=user_arrays(config, obj, produced))
-    if not hasattr(produced, "__len__") or not hasattr(produced, "__getitem__"):
-        raise ConfigError(f"data.source: {config.data.source} must be a Dataset (len + indexing) or return (x, y) arrays")
-    fingerprint_fn = getattr(produced, "fingerprint", None)
-    extra = str(fingerprint_fn()) if callable(fingerprint_fn) else ""
-    key = json.dumps([config.data.source, config.data.kwargs, source_code_hash(obj), len(produced), extra], default=str)
+    if accepts_split(obj):
+        per_split = {"train": produced} | {s: construct_user_source(config, split=s)[1] for s in SPLITS[1:]}
+    elif config.data.split_by == "dataset":
+        raise ConfigError(f"data.split_by: 'dataset' needs a data.source whose constructor takes a `split` argument; {src} does not")
+    datasets = per_split or dict.fromkeys(SPLITS, produced)
+    for s, d in datasets.items():
+        if not hasattr(d, "__len__") or not hasattr(d, "__getitem__"):
+            where = f"(split={s!r}) " if per_split else ""
+            raise ConfigError(f"data.source: {src}{where} must be a Dataset (len + indexing) or return (x, y) arrays")
+    extras = []
+    for d in {id(d): d for d in datasets.values()}.values():  # each distinct object once
+        fingerprint_fn = getattr(d, "fingerprint", None)
+        extras += [len(d), str(fingerprint_fn()) if callable(fingerprint_fn) else ""]
+    if per_split:  # a split-aware dataset: every split's size and fingerprint, and who splits
+        extras.append(config.data.split_by)
+    key = json.dumps([src, config.data.kwargs, source_code_hash(obj), *extras], default=str)
     if verbose:
-        print(f"preparing {config.data.source} (a Dataset: read lazily, nothing cached)")
-    return UserPrepared(config, produced, hashlib.sha256(key.encode()).hexdigest()[:16])
+        print(f"preparing {src} (a Dataset{', one per split' if per_split else ''}: read lazily, nothing cached)")
+    given = per_split is not None and config.data.split_by == "dataset"
+    return UserPrepared(config, datasets, hashlib.sha256(key.encode()).hexdigest()[:16], given)

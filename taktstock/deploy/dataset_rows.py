@@ -40,7 +40,7 @@ def dataset_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
         rows = list(csv.DictReader(f))
     if not rows:
         raise UserError(f"{path}: no rows")
-    _, dataset = construct_user_source(loaded.config)
+    _, dataset = construct_user_source(loaded.config, split="train")  # state fitted on the training data
     try:
         x = np.asarray(getattr(dataset, HOOK)(rows), dtype=np.float32)
     except (KeyError, ValueError, TypeError) as exc:

@@ -1,6 +1,7 @@
 """`taktstock export`: write a run's inference model as ONNX, TorchScript or safetensors, then check it.
 
-Every format takes raw feature rows (the training normalisation is inside the model) and returns
+Every format takes raw feature rows (the training normalisation is inside the model), or for an index-encoded
+table two inputs, `numeric` (float32, encoded) and `categorical` (int64 level indices), and returns
 probabilities for classification or values for regression. Each file is reloaded after writing and its
 outputs compared with the PyTorch model on a sample batch; a mismatch is an error, not a warning.
 """
@@ -23,63 +24,68 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4
 
 
-def export(run_dir: str | Path, fmt: str, checkpoint: str = "best", out: str | Path | None = None) -> tuple[Path, float]:
-    """Write the model to `out` (default RUN_DIR/export/model.<ext>); returns (path, max abs difference to PyTorch)."""
+def export(
+    run_dir: str | Path, fmt: str, checkpoint: str = "best", out: str | Path | None = None, weights: str | None = None
+) -> tuple[Path, float]:
+    """Write the model to `out` (default RUN_DIR/export/model.<ext>); returns (path, max abs difference to PyTorch).
+
+    `weights`: ema or raw for a train.ema run (as `evaluate --weights`)."""
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got '{fmt}'")
-    loaded = load_run(run_dir, checkpoint)
+    loaded = load_run(run_dir, checkpoint, weights=weights)
     path = Path(out) if out else Path(run_dir) / "export" / f"model{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = loaded.sample_inputs()
+    x = loaded.example_inputs()
     with torch.no_grad():
-        expected = loaded.model(x)
+        expected = loaded.model(*x)
     diff = {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}[fmt](loaded, x, expected, path)
     if diff > TOLERANCE:
         raise UserError(f"export check failed: {path} differs from the PyTorch model by {diff:.3g} (> {TOLERANCE})")
     return path, diff
 
 
-def _onnx(loaded: LoadedRun, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
+def _onnx(loaded: LoadedRun, x: tuple[torch.Tensor, ...], expected: torch.Tensor, path: Path) -> float:
     import numpy as np
     import onnxruntime as ort
 
     tmp = path.with_name(f".{path.name}.tmp")
     # The exporter logs about optional torchvision ops and deprecations that say nothing about this model.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    batch = torch.export.Dim("batch")  # one dimension shared by every input: they hold the same rows
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(
             loaded.model,
-            (x,),
+            x,
             str(tmp),
-            input_names=["x"],
+            input_names=loaded.input_names,
             output_names=["y"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamic_shapes=tuple({0: batch} for _ in x),
             external_data=False,  # one self-contained file
             verbose=False,
         )
     tmp.replace(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["y"], {"x": x.numpy().astype(np.float32)})[0]
+    got = session.run(["y"], {n: t.numpy() for n, t in zip(loaded.input_names, x, strict=True)})[0]
     # A different batch size proves the batch dimension really is dynamic.
-    session.run(["y"], {"x": x[:3].numpy().astype(np.float32)})
+    session.run(["y"], {n: t[:3].numpy() for n, t in zip(loaded.input_names, x, strict=True)})
     return float(np.abs(got - expected.numpy()).max())
 
 
-def _torchscript(loaded: LoadedRun, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
+def _torchscript(loaded: LoadedRun, x: tuple[torch.Tensor, ...], expected: torch.Tensor, path: Path) -> float:
     import io
 
     with torch.no_grad():
-        traced = torch.jit.trace(loaded.model, (x,), check_trace=False)
+        traced = torch.jit.trace(loaded.model, x, check_trace=False)
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files=_metadata(loaded))
     atomic_write_bytes(path, buffer.getvalue())
     reloaded = torch.jit.load(str(path))
     with torch.no_grad():
-        return float((reloaded(x) - expected).abs().max())
+        return float((reloaded(*x) - expected).abs().max())
 
 
-def _safetensors(loaded: LoadedRun, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
+def _safetensors(loaded: LoadedRun, x: tuple[torch.Tensor, ...], expected: torch.Tensor, path: Path) -> float:
     from safetensors.torch import load_file, save
 
     state = {k: v.detach().cpu().clone().contiguous() for k, v in loaded.model.state_dict().items()}
@@ -91,7 +97,7 @@ def _safetensors(loaded: LoadedRun, x: torch.Tensor, expected: torch.Tensor, pat
     fresh = load_run_like(loaded)
     fresh.load_state_dict(reloaded)
     with torch.no_grad():
-        return float((fresh(x) - expected).abs().max())
+        return float((fresh(*x) - expected).abs().max())
 
 
 def load_run_like(loaded: LoadedRun) -> torch.nn.Module:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from taktstock.checkpoint.inference import encode_table_rows, predict_rows
 from taktstock.deploy.model import LoadedRun, load_run
 from taktstock.errors import UserError
 
@@ -40,18 +41,9 @@ def read_inputs(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
 
 def _read_table_rows(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, ...]:
     """Raw table rows (target absent, gaps and unseen levels allowed) encoded exactly as in training."""
-    from taktstock.data.tables import TableEncoder, read_table, report_unknown
+    from taktstock.data.tables import read_table
 
-    encoder = TableEncoder.from_state(loaded.preprocessing["table"])
-    table = read_table(path, error=UserError)
-    try:
-        encoded = encoder.transform(table)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    report_unknown(encoded.unknown, str(path))
-    if encoder.encoding == "index":
-        return encoded.features, encoded.categories
-    return (encoded.features,)
+    return encode_table_rows(loaded, read_table(path, error=UserError), str(path))
 
 
 def _read_npz(path: Path) -> np.ndarray:
@@ -102,17 +94,20 @@ def image_files(path: Path) -> list[Path]:
     return files
 
 
-def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024) -> tuple[list[str], list[list]]:
+def predict(
+    run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 1024, weights: str | None = None
+) -> tuple[list[str], list[list]]:
     """(CSV header, rows): the predicted class name and per-class probabilities, or the predicted value.
 
     For a run trained on images the input is an image file or a folder of them, and each row starts
-    with the file's path; the eval transforms of training turn files into model inputs.
+    with the file's path; the eval transforms of training turn files into model inputs. `weights`: ema or raw
+    for a train.ema run (as `evaluate --weights`).
     """
     if _is_text_run(Path(run_dir)):
         from taktstock.deploy.predict_text import predict_text
 
-        return predict_text(run_dir, input_path, checkpoint)
-    loaded = load_run(run_dir, checkpoint, table_fields=True)
+        return predict_text(run_dir, input_path, checkpoint, weights=weights)
+    loaded = load_run(run_dir, checkpoint, weights=weights)
     files: list[Path] = []
     if loaded.preprocessing.get("kind") == "image":
         from taktstock.data.images.inference import ImageInputs
@@ -126,31 +121,10 @@ def predict(run_dir: str | Path, input_path: str | Path, checkpoint: str = "best
         inputs = [torch.from_numpy(dataset_inputs(Path(input_path), loaded))]
     else:
         inputs = [torch.from_numpy(a) for a in read_inputs(Path(input_path), loaded)]
-    header, rows = _outputs(loaded, inputs, batch_size)
+    header, rows = predict_rows(loaded, inputs, batch_size)
     if files:
         return ["file", *header], [[str(f), *row] for f, row in zip(files, rows, strict=True)]
     return header, rows
-
-
-def _outputs(loaded: LoadedRun, inputs: list[torch.Tensor], batch_size: int) -> tuple[list[str], list[list]]:
-    count = len(inputs[0])
-    with torch.no_grad():
-        batches = [loaded.model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, count, batch_size)]
-    out = torch.cat(batches) if batches else torch.empty(0)
-    if loaded.config.task == "regression":
-        values = out.reshape(count, -1)
-        header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{i}" for i in range(values.shape[1])]
-        return header, values.tolist()
-    classes = loaded.class_names
-    if loaded.model.output == "sigmoid":  # one logit: probability of the positive class
-        p1 = out.reshape(-1)
-        probs = torch.stack([1 - p1, p1], dim=1)
-    else:
-        probs = out
-    names = classes if len(classes) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
-    labels = probs.argmax(dim=1).tolist()
-    rows = [[names[k], *p] for k, p in zip(labels, probs.tolist(), strict=True)]
-    return ["prediction", *(f"prob_{n}" for n in names)], rows
 
 
 def _is_text_run(run_dir: Path) -> bool:

@@ -36,7 +36,7 @@ def read_texts(path: Path, text_field: str, pair_field: str | None) -> tuple[lis
 
 
 def predict_text(
-    run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 64
+    run_dir: str | Path, input_path: str | Path, checkpoint: str = "best", batch_size: int = 64, weights: str | None = None
 ) -> tuple[list[str], list[list[Any]]]:
     """(CSV header, rows): the predicted class name and per-class probabilities of every text."""
     from taktstock.checkpoint.trained import load_trained_model
@@ -45,7 +45,7 @@ def predict_text(
     from taktstock.training.step import logits_of
 
     run = RunDir(Path(run_dir))
-    trained = load_trained_model(run, checkpoint)
+    trained = load_trained_model(run, checkpoint, weights=weights)
     prep = trained.preprocessing
     if prep.get("kind") != "text":
         raise ConfigError(f"{run.root} is not a text-classification run")

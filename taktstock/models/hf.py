@@ -6,6 +6,11 @@ cache (never downloaded); `model.hf_config` builds a randomly initialised model 
 `num_outputs` (a saved head of another size is replaced). Image models take the `(inputs, target)`
 tuple batch: their forward is `pixel_values -> logits`. Text models keep Hugging Face's call
 convention (`model(**batch_without_labels)` with `.logits`), the dict-batch step of the dataset seam.
+
+Causal language models are sized to the run's tokenizer (the sample spec's `vocab_size`): from
+`hf_config` the vocabulary is the tokenizer's; a saved model keeps its embeddings and grows them
+(`resize_token_embeddings`) only when its own tokenizer, given as `data.tokenizer: DIR`, has added
+tokens. A saved model next to a tokenizer trained by taktstock must match it (`check_pretrained_vocab`).
 """
 
 from __future__ import annotations
@@ -56,11 +61,20 @@ def build_hf(
                 fields.setdefault("num_channels", 1 if len(input_shape) == 2 else int(input_shape[0]))
                 fields.setdefault("image_size", int(input_shape[-1]))
             elif vocab_size is not None:  # token ids: the data's vocabulary sizes the embedding
+                if fields.get("vocab_size", vocab_size) < vocab_size:
+                    raise ConfigError(
+                        f"model.hf_config.vocab_size: {fields['vocab_size']} is smaller than the tokenizer's {vocab_size} "
+                        "token ids; leave it out (taktstock sizes it to the tokenizer)"
+                    )
                 fields.setdefault("vocab_size", vocab_size)
+                if task == "language_modeling":
+                    fields |= _foreign_token_ids(transformers, model_type, fields)
             config = transformers.AutoConfig.for_model(model_type, **fields, **head, **params)
             model = auto.from_config(config)
         else:
             model = auto.from_pretrained(arch, local_files_only=True, ignore_mismatched_sizes=True, **head, **params)
+            if task == "language_modeling" and vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(vocab_size)  # the model's own tokenizer with added tokens (e.g. a pad token)
     except OSError:
         from huggingface_hub import constants
 
@@ -73,4 +87,52 @@ def build_hf(
         raise ConfigError(f"model: cannot build hf:{arch} ({type(exc).__name__}: {exc})") from None
     if image:
         model.forward = types.MethodType(_pixels_to_logits, model)  # type: ignore[method-assign]
+    if task == "language_modeling":
+        # No key/value cache: training and evaluation run whole windows, and taktstock's sampler re-reads
+        # the cropped context at each token; a cache would only copy every layer's keys and values per step.
+        model.config.use_cache = False
+        if input_shape:
+            _check_positions(arch, model, int(input_shape[0]), hf_config is not None)
     return model
+
+
+def _foreign_token_ids(transformers: Any, model_type: str, fields: dict[str, Any]) -> dict[str, None]:
+    """The model type's default special ids that name no token of the run's vocabulary, set to None.
+
+    GPT-2's 50256 is no token of a tokenizer trained by taktstock; left in, transformers warns at every build
+    (taktstock's own sampler stops at the run's end-of-document id)."""
+    try:
+        defaults = transformers.AutoConfig.for_model(model_type)
+    except ValueError:
+        return {}  # an unknown model type: the real build reports it
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    return {
+        k: None
+        for k in keys
+        if k not in fields and isinstance(getattr(defaults, k, None), int) and getattr(defaults, k) >= fields["vocab_size"]
+    }
+
+
+def _check_positions(arch: str, model: nn.Module, block_size: int, from_config: bool) -> None:
+    positions = getattr(model.config, "max_position_embeddings", None)  # GPT-2 maps n_positions onto it
+    if isinstance(positions, int) and positions < block_size:
+        where = "model.hf_config.n_positions (max_position_embeddings)" if from_config else f"hf:{arch}"
+        raise ConfigError(f"data.block_size: {block_size} tokens per window, but {where} has only {positions} positions")
+
+
+def check_pretrained_vocab(arch: str, vocab_size: int) -> None:
+    """A saved causal LM trained with another tokenizer cannot read the token ids of the one taktstock trained.
+
+    Called for `hf:<dir or id>` with `data.tokenizer: {train: ...}`: the embedding rows must match the trained
+    vocabulary (e.g. a model this project trained before with the same tokenizer settings)."""
+    transformers = optional_import("transformers", "hf")
+    try:
+        config = transformers.AutoConfig.from_pretrained(arch, local_files_only=True)
+    except OSError:
+        return  # build_hf reports the missing model
+    have = getattr(config, "vocab_size", None)
+    if isinstance(have, int) and have != vocab_size:
+        raise ConfigError(
+            f"data.tokenizer: hf:{arch} has {have} token embeddings but the tokenizer trained for this run has {vocab_size} "
+            f"tokens; give the model's own tokenizer (data.tokenizer: {arch}) or build the model from model.hf_config"
+        )

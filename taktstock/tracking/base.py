@@ -17,8 +17,8 @@ class Tracker(Protocol):
     """A metrics/artifacts backend. `state` is what a backend needs to continue the same run on resume.
 
     Optional hooks, called when a backend defines them: `preflight()` (before the run directory is
-    created; raise UserError when the backend is unreachable), `log_histograms(model, step)`, and
-    `log_run_outputs(run_dir, final_metrics)` (after final weights and plots are written).
+    created; raise UserError when the backend is unreachable), `log_histograms(model, step)`,
+    `log_text(name, text, step)` (logging.samples), and `log_run_outputs(run_dir, final_metrics)` (after final weights and plots are written).
     """
 
     name: str

@@ -269,6 +269,10 @@ class MlflowTracker:
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
+    def log_text(self, name: str, text: str, step: int) -> None:
+        """Text as the artifact NAME/step_STEP.txt (e.g. samples/step_200.txt)."""
+        self.client.log_text(self.run_id, text, f"{name}/step_{step}.txt")
+
     def log_run_outputs(self, run: RunDir, final: dict[str, float]) -> None:
         """End of training: resolved config, plots and the best model."""
         if self.writer is not None:

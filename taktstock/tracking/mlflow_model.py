@@ -2,7 +2,8 @@
 
 Every version of a registered model takes the same contract: raw feature rows in (as predict reads them;
 the training-time normalisation is inside), probabilities (or regression values) out. It is stored in
-MLflow's 'pt2' format, a torch.export program, so it loads and serves without taktstock installed.
+MLflow's 'pt2' format, a torch.export program, so it loads and serves without taktstock installed. A table run
+(csv/parquet source) is logged as a pyfunc that takes a DataFrame of raw rows instead (`mlflow_table_model.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ def log_inference_model(run_dir: str | Path, registered_model_name: str | None =
     from mlflow.models import infer_signature
 
     loaded = load_run(run_dir, "best")
+    if "table" in loaded.preprocessing:  # raw rows are typed columns, not one float matrix: the DataFrame pyfunc
+        from taktstock.tracking.mlflow_table_model import log_table_model
+
+        return log_table_model(loaded, run_dir, registered_model_name, **kwargs)
     x = loaded.sample_inputs(4)
     with torch.no_grad():
         y = loaded.model(x)

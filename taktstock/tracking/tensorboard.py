@@ -35,6 +35,10 @@ class TensorBoardTracker:
             if p.grad is not None:
                 self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
+    def log_text(self, name: str, text: str, step: int) -> None:
+        """Text (markdown) in TensorBoard's TEXT tab, e.g. logging.samples."""
+        self.writer.add_text(name, text, step)
+
     def log_summary(self, final: dict[str, float]) -> None:
         self.writer.add_hparams(self._hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
 

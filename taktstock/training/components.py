@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from taktstock.config.schema import Config, TrainConfig
-from taktstock.data.dataset import PreparedDataset, input_shape
+from taktstock.data.dataset import PreparedDataset, Spec, input_shape
 from taktstock.models.finetune import freeze
 from taktstock.models.init import initialize
 from taktstock.models.registry import build_model
@@ -28,6 +28,10 @@ def build_model_for(
     spec, m = data.spec(), config.model
     vocab = next((f.vocab_size for f in spec.values() if f.vocab_size is not None), None)
     cards = next((f.cardinalities for f in spec.values() if f.cardinalities is not None), None)
+    if data.task == "language_modeling" and m.name.startswith("hf:") and m.hf_config is None and not isinstance(config.data.tokenizer, str):
+        from taktstock.models.hf import check_pretrained_vocab
+
+        check_pretrained_vocab(m.name.removeprefix("hf:"), vocab)  # type: ignore[arg-type]
     model = build_model(m.name, m.params(), input_shape(spec), data.num_outputs, vocab, m.hf_config, data.task, cardinalities=cards)
     initialize(model, config.model.init)
     # Fine-tuning: initial weights, then freezing, before the model is moved, wrapped or compiled.
@@ -39,8 +43,19 @@ def build_model_for(
         model.to(memory_format=torch.channels_last)
     forward_model = wrap_model(model, config, device, dist)
     if config.train.compile:
-        forward_model = torch.compile(forward_model)
+        forward_model = torch.compile(forward_model, dynamic=compile_dynamic(spec))
     return model, forward_model
+
+
+def compile_dynamic(spec: Spec) -> bool | None:
+    """`dynamic=` for torch.compile: True for padded batches (an `attention_mask` field), else PyTorch's default.
+
+    Dynamically padded text batches change length from batch to batch. Left to PyTorch's automatic dynamic
+    shapes, the first batch compiles a static graph and the first batch of another length recompiles it as a
+    dynamic one; compiling dynamic from the start saves that second compile (one graph for training, one for
+    evaluation, whatever the lengths). Fixed shapes (images, language-model windows) keep static graphs.
+    """
+    return True if "attention_mask" in spec else None
 
 
 def step_fn_for(train: TrainConfig) -> StepFn:

@@ -36,6 +36,7 @@ from taktstock.training.parts import TrainerParts, full_model_state, register_pa
 from taktstock.training.precision import autocast_factory, grad_scaler
 from taktstock.training.resume import check_resume_compatible
 from taktstock.training.rng import seed_everything
+from taktstock.training.samples import sample_loggers
 from taktstock.training.settings import LoopSettings
 from taktstock.training.trainer import Preempted, Trainer
 from taktstock.utils.atomic import atomic_write_text
@@ -123,7 +124,10 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         autocast=autocast_factory(config.train.precision, device),
         step_fn=components.step_fn_for(config.train),
         dist=dist,
-        callbacks=components.callbacks_for(config.train) + finetune_callbacks(config.model, model) + list(callbacks or []),
+        callbacks=components.callbacks_for(config.train)
+        + finetune_callbacks(config.model, model)
+        + list(callbacks or [])
+        + sample_loggers(config, data, run, dist.is_main),
         # train.ema: best.safetensors holds the EMA weights (best.pt keeps the raw ones in "model").
         save_best_weights=(lambda state: save_weights(ema.module if ema else model, run.best, None if ema else state))
         if dist.is_main
@@ -235,7 +239,7 @@ def _clear_previous_run(run: RunDir, announce: bool = True) -> None:
     # A resume that found no valid checkpoint keeps the (damaged) checkpoint files for inspection.
     for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots) if announce else (run.eval_dir, run.tensorboard, run.plots):
         shutil.rmtree(path, ignore_errors=True)
-    for path in (run.metrics, run.model, run.best, run.ema, run.info):
+    for path in (run.metrics, run.samples, run.model, run.best, run.ema, run.info):
         path.unlink(missing_ok=True)
 
 
