@@ -258,6 +258,8 @@ def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
 def _check_source_task(config: Config, entry: Any, lines: dict[str, int], source: str) -> None:
     """The task a source declares (corpus: language_modeling) and the sequence length its samples can reach."""
     declared, task = entry.meta.get("task"), config.data.task
+    if declared == "any":  # the data says (mds shards of any dataset): the source checks data.task itself
+        return
     lm_source = declared == "language_modeling"
     if task != "auto" and declared is not None and (task == "language_modeling") != lm_source:
         where = _where(source, lines, "data.task")

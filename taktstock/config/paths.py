@@ -26,6 +26,7 @@ def with_absolute_paths(config: Config, base: Path | None = None) -> Config:
         resolved = (base / value).resolve()
         # A data file that is not there stays as written, so the error shows the path the user wrote
         # and says what it is relative to; the cache directory is created later.
-        if key == "cache_dir" or resolved.exists():
+        # data.path of remote shards (data.remote) is their local cache: like cache_dir, it may not exist yet.
+        if key == "cache_dir" or resolved.exists() or (key == "path" and out.data.remote):
             setattr(out.data, key, str(resolved))
     return out

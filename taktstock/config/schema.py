@@ -68,9 +68,18 @@ class DataConfig(Section):
         "digits",
         description="Data source: digits, wine, breast_cancer, iris, diabetes, csv (also .tsv, .csv.gz), parquet, npz, "
         "synthetic, imagefolder, image_csv, text (labelled texts), corpus (text files for language modelling), "
-        "or an import path 'module:Class' of a user dataset.",
+        "mds (shards written by `taktstock prepare --to-mds`), or an import path 'module:Class' of a user dataset.",
     )
-    path: str | None = Field(None, description="Input file for csv/parquet/npz/image_csv sources, image folder for imagefolder.")
+    path: str | None = Field(
+        None,
+        description="Input file for csv/parquet/npz/image_csv sources, image folder for imagefolder; mds: the shards' "
+        "directory, or the local cache of data.remote.",
+    )
+    remote: str | None = Field(
+        None,
+        description="mds: remote location of the shards (s3://bucket/prefix; endpoint and credentials from S3_ENDPOINT_URL "
+        "and the AWS environment variables), downloaded shard by shard into data.path on first use.",
+    )
     target: str | None = Field(None, description="Target column (csv/parquet, image_csv) or array name (npz, default 'y').")
     features: list[str] | None = Field(
         None, description="Feature columns (csv/parquet); default: all columns except the target and data.drop."

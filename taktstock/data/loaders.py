@@ -212,5 +212,8 @@ def eval_batches(split: SplitDataset, batch_size: int, rank: int = 0, world_size
         collate_fn=split.collate,
         num_workers=workers,
         prefetch_factor=config.data.prefetch_factor if (config is not None and workers > 0) else None,
+        # Without a generator the loader's base seed is drawn from the global torch RNG, so a validation pass
+        # would shift the dropout of the training steps after it (and make them differ from the get_batch path).
+        generator=torch.Generator().manual_seed(0),
     )
     yield from loader

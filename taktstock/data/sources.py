@@ -288,4 +288,5 @@ def user_arrays(config: Config, obj: Any, produced: Any) -> RawData:
 # The built-in prepared-dataset sources register here too, so one provider module lists every name
 # config validation accepts (the import is light: the image code loads when a source is prepared).
 import taktstock.data.images.source  # noqa: E402, F401
+from taktstock.data.mds import dataset as _mds_source  # noqa: E402, F401
 from taktstock.data.text import prepared as _text_sources  # noqa: E402, F401
