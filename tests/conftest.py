@@ -27,15 +27,21 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False, env: dict[str, str] | None = None
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m taktstock ARGS` as a user would run it; returns the completed process.
 
     The process is forked from this test worker's pre-imported interpreter (tests/resume_harness.py): a fresh
     `python -m taktstock` spends most of a short command importing torch, torchmetrics and their optional
-    dependencies, hundreds of times per suite. TAKTSTOCK_TEST_SUBPROCESS=1 starts real interpreters instead."""
+    dependencies, hundreds of times per suite. `fresh=True` (tests of start-up itself) or
+    TAKTSTOCK_TEST_SUBPROCESS=1 (all) starts a real interpreter instead."""
     env = env or cli_env()
-    if os.environ.get("TAKTSTOCK_TEST_SUBPROCESS") == "1":
+    if fresh or os.environ.get("TAKTSTOCK_TEST_SUBPROCESS") == "1":
         proc = subprocess.run([sys.executable, "-m", "taktstock", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     else:
         proc = _forked(list(args), cwd or Path.cwd(), env, timeout)
@@ -115,3 +121,22 @@ def one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored() -> Any:
+    """Each test leaves this worker's environment and MLflow's process-wide URIs as it found them.
+
+    mlflow.set_tracking_uri()/set_registry_uri() in one test also write MLFLOW_*_URI into os.environ, which every
+    later CLI child and server of this worker would inherit."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+    for module, name in (
+        ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+        ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+    ):
+        if hasattr(sys.modules.get(module), name):
+            setattr(sys.modules[module], name, None)

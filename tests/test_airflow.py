@@ -62,7 +62,7 @@ def test_airflow_dags_test_runs_every_task_and_registers_the_model(tmp_path: Pat
 
     from mlflow import MlflowClient
 
-    version = MlflowClient(f"sqlite:///{db}").get_model_version_by_alias("tiny", "champion")
+    version = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}").get_model_version_by_alias("tiny", "champion")
     assert int(version.version) == promotion["version"] and version.tags["taktstock.run_dir"] == str(run.resolve())
 
 

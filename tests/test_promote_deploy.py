@@ -41,7 +41,8 @@ def _acc(run: Path) -> float:
 def test_better_run_takes_champion_alias_and_worse_run_does_not(project: Path) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)  # explicit: another test may have set the process-wide one
     first = run_cli("promote", "bad", cwd=project, check=True)
     assert "promoted to champion" in first.stdout  # no champion yet
     assert client.get_model_version_by_alias("digits-tiny", "champion").tags["taktstock.run_dir"] == str((project / "bad").resolve())
@@ -85,7 +86,7 @@ def test_concurrent_promotes_of_one_run_register_one_version(tmp_path: Path) -> 
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sorted("already the champion" in out for out in outs) == [False, True], outs
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
     (version,) = client.search_model_versions("name = 'twice'")
     assert client.get_model_version_by_alias("twice", "champion").version == version.version
     assert json.loads((tmp_path / "run/promotion.json").read_text())["version"] == int(version.version)

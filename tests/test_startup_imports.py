@@ -43,8 +43,8 @@ def test_train_imports_nothing_heavy_before_the_first_step_on_a_cache_hit(workdi
     config["logging"] = {"tensorboard": True, "plots": True}
     path = write_config(workdir / "exp.yaml", config)
     env = cli_env(PYTHONPATH=f"{workdir}:{cli_env()['PYTHONPATH']}")
-    first = run_cli("train", str(path), cwd=workdir, env=env)  # prepares the data cache
+    first = run_cli("train", str(path), cwd=workdir, env=env, fresh=True)  # prepares the data cache
     assert "LOADED_AT_FIRST_STEP" in first.stderr, first.stderr[-2000:]
-    second = run_cli("train", str(path), cwd=workdir, env=env)  # cache hit
+    second = run_cli("train", str(path), cwd=workdir, env=env, fresh=True)  # cache hit
     line = next(x for x in second.stderr.splitlines() if x.startswith("LOADED_AT_FIRST_STEP"))
     assert line.split(" ", 1)[1:] in ([], [""]), line

@@ -4,7 +4,9 @@ training items, or serve its own train/val/test items (`data.split_by: dataset`)
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,13 +61,21 @@ USER_CODE = """
 """
 
 
+def _forget_usercode() -> None:
+    """Other tests import their own `usercode` package in this process; a cached one would shadow this one."""
+    for name in [m for m in sys.modules if m == "usercode" or m.startswith("usercode.")]:
+        del sys.modules[name]
+
+
 @pytest.fixture
-def usercode(workdir: Path) -> Path:
+def usercode(workdir: Path) -> Iterator[Path]:
     pkg = workdir / "usercode"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "code.py").write_text(textwrap.dedent(USER_CODE))
-    return workdir
+    _forget_usercode()
+    yield workdir
+    _forget_usercode()
 
 
 def _test_metrics(run: Path) -> dict[str, float]:
