@@ -2,8 +2,8 @@
 
 `data.path` is the shards' directory, or with `data.remote` (e.g. `s3://bucket/prefix`; the endpoint and
 credentials come from `S3_ENDPOINT_URL` and the usual AWS variables) the local cache the shards are
-downloaded into on first use. The sample order stays taktstock's (seed, epoch) permutation over random
-access to the shards, so resume is exact and DDP ranks read their own slices; counter-based
+downloaded into on first use (`data.cache_limit` bounds it, evicting). The sample order stays taktstock's
+(seed, epoch) permutation, or with `data.shuffle_block` the shard-blocked order, over random access to the shards, so resume is exact and DDP ranks read their own slices; counter-based
 `data.augment` applies on read, seeded by (seed, epoch, index) like in-memory arrays.
 """
 
