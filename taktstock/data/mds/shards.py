@@ -128,20 +128,26 @@ class SplitShards:
         return self.root / self.split / st["shards"][shard_id].file_pairs[0][0].basename
 
     def _hold(self, st: dict[str, Any], shard_id: int, window: tuple[int, frozenset[int]]) -> None:
-        """Limited cache: hold the shard's read lock (its window's shards protected), downloading it if absent."""
+        """Limited cache: hold the shard's read lock (its window's shards protected), downloading it if absent.
+
+        A held shard cannot be evicted, so it is checked for (and fetched) once per window, not per sample."""
         cache, n = st["cache"], len(st["shards"])
         key, ids = window
-        protect = [self._raw(st, s) for s in ids if 0 <= s < n]
         if key != st["window"]:
-            cache.release_except(protect)
+            st["protect"] = [self._raw(st, s) for s in ids if 0 <= s < n]
+            cache.release_except(st["protect"])
+            st["present"] &= {s for s in ids if 0 <= s < n}
             st["window"] = key
+        if shard_id in st["present"]:
+            return
         raw = self._raw(st, shard_id)
         cache.hold(raw)
         if not raw.is_file():
             shard = st["shards"][shard_id]
             assert self.remote is not None  # a cache limit applies to a remote's cache only
             url = remote_join(self.remote, self.split, raw.name)
-            cache.download(lambda: fetch(url, raw), raw, int(shard.file_pairs[0][0].bytes), protect)
+            cache.download(lambda: fetch(url, raw), raw, int(shard.file_pairs[0][0].bytes), st["protect"])
+        st["present"].add(shard_id)
 
     def _download(self, st: dict[str, Any], shard_id: int) -> None:
         from filelock import FileLock
