@@ -20,7 +20,7 @@ import torch
 from taktstock.data.mds.cache import LOG_ENV, cache_bytes
 from tests import test_mds
 from tests.conftest import tiny_config, write_config
-from tests.resume_harness import count_lines, shared_server, wait_until
+from tests.resume_harness import ForkServer, count_lines, shared_server, wait_until
 from tests.test_mds import RUN, SHARD_SIZE, _cli, _train
 
 pytest.importorskip("streaming")
@@ -141,6 +141,36 @@ def test_cache_limit_sigkill_and_resume_with_workers_is_bit_identical(digits: di
     events = _log(log)
     assert any(e["event"] == "evict" for e in events) and max(e["bytes"] for e in events) <= limit, events
     assert cache_bytes(cache) <= limit
+
+
+@pytest.mark.slow  # a second fork server to run two trainings at once: ~20 s
+def test_two_concurrent_limited_runs_share_one_cache(digits: dict[str, Path], s3: dict[str, Any]) -> None:
+    """Two runs on one limited cache, each evicting: the cache never exceeds the limit, neither removes a shard
+    the other reads, and both train exactly as the unlimited run (same shuffle_block)."""
+    root = digits["root"]
+    reference = root / "unlimited"
+    if not (reference / "model.safetensors").is_file():
+        reference = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"])
+    limit = 2 * _minimum(digits["shards"])  # each run holds its own two blocks
+    assert cache_bytes(root / "cache_unlimited") > limit  # the data set does not fit the limit (each run has half of it)
+    log, cache = root / "concurrent.cache.jsonl", root / "cache_concurrent"
+    second = ForkServer()  # the shared server runs one command at a time
+    try:
+        children = []
+        for server, name in ((shared_server(), "limited_a"), (second, "limited_b")):
+            cfg = write_config(root / f"{name}.yaml", _config(path=str(cache), remote=s3["remote"], cache_limit=limit))
+            argv = ["train", str(cfg), "--run-dir", str(root / name)]
+            children.append(server.start(argv, root, root / f"{name}.log", s3["env"] | {LOG_ENV: str(log)}))
+        assert [c.wait(300) for c in children] == [0, 0], [c.output() for c in children]
+    finally:
+        second.close()
+    for name in ("limited_a", "limited_b"):
+        for file in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
+            assert (root / name / file).read_bytes() == (reference / file).read_bytes(), (name, file)
+    events = _log(log)
+    assert sum(e["event"] == "evict" for e in events) > 10, events  # the cache really turned over
+    assert max(e["bytes"] for e in events) <= limit, events
+    assert cache_bytes(cache) <= limit and not list(cache.glob("*/.*.tmp"))
 
 
 def test_cache_limit_below_two_blocks_or_without_a_block_is_exit_2(digits: dict[str, Path], s3: dict[str, Any]) -> None:
