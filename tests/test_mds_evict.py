@@ -43,10 +43,11 @@ def _config(**data: Any) -> dict[str, Any]:
     return tiny_config(train=RUN | {"batch_size": 128, "log_every_n_steps": 1}, data={"source": "mds", "shuffle_block": BLOCK, **data})
 
 
-def _minimum(shards: Path) -> int:
+def _minimum(shards: Path, remote: str) -> int:
+    """The smallest data.cache_limit for a cache of these shards (which also holds the `.remote` mark)."""
     from taktstock.data.mds.dataset import cache_minimum
 
-    return cache_minimum(shards, BLOCK)
+    return cache_minimum(shards, BLOCK) + len(remote) + 1
 
 
 def test_shard_blocked_order_covers_every_sample_block_by_block_and_ranks_agree(digits: dict[str, Path]) -> None:
@@ -105,7 +106,7 @@ def _log(path: Path) -> list[dict[str, Any]]:
 def test_cache_limit_evicts_within_the_limit_and_trains_bit_identically(digits: dict[str, Path], s3: dict[str, Any]) -> None:
     root = digits["root"]
     unlimited = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"])
-    limit = _minimum(digits["shards"])
+    limit = _minimum(digits["shards"], s3["remote"])
     log = root / "limited.cache.jsonl"
     cache = root / "cache_limited"
     limited = _train(root, "limited", _config(path=str(cache), remote=s3["remote"], cache_limit=limit), s3["env"] | {LOG_ENV: str(log)})
@@ -125,7 +126,7 @@ def test_cache_limit_sigkill_and_resume_with_workers_is_bit_identical(digits: di
     reference = root / "unlimited"
     if not (reference / "model.safetensors").is_file():
         reference = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"])
-    limit = _minimum(digits["shards"]) + 2 * 16_000  # two workers may straddle a block boundary: one shard of room each
+    limit = _minimum(digits["shards"], s3["remote"]) + 2 * 16_000  # two workers may straddle a block boundary: one shard of room each
     log, cache, run = root / "killed.cache.jsonl", root / "cache_killed", root / "killed"
     env = s3["env"] | {LOG_ENV: str(log)}
     config = _config(path=str(cache), remote=s3["remote"], cache_limit=limit, num_workers=2) | {"checkpoint": {"every_n_steps": 3}}
@@ -151,7 +152,7 @@ def test_two_concurrent_limited_runs_share_one_cache(digits: dict[str, Path], s3
     reference = root / "unlimited"
     if not (reference / "model.safetensors").is_file():
         reference = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"])
-    limit = 2 * _minimum(digits["shards"])  # each run holds its own two blocks
+    limit = 2 * _minimum(digits["shards"], s3["remote"])  # each run holds its own two blocks
     assert cache_bytes(root / "cache_unlimited") > limit  # the data set does not fit the limit (each run has half of it)
     log, cache = root / "concurrent.cache.jsonl", root / "cache_concurrent"
     second = ForkServer()  # the shared server runs one command at a time
@@ -175,7 +176,7 @@ def test_two_concurrent_limited_runs_share_one_cache(digits: dict[str, Path], s3
 
 def test_cache_limit_below_two_blocks_or_without_a_block_is_exit_2(digits: dict[str, Path], s3: dict[str, Any]) -> None:
     root = digits["root"]
-    minimum = _minimum(digits["shards"])
+    minimum = _minimum(digits["shards"], s3["remote"])
     cases = {
         "small": _config(path=str(root / "cache_small"), remote=s3["remote"], cache_limit=minimum - 1),
         "noblock": tiny_config(data={"source": "mds", "path": str(root / "cache_small"), "remote": s3["remote"], "cache_limit": "1gb"}),

@@ -219,7 +219,12 @@ def cache_minimum(root: Path, block: int) -> int:
         name: sorted((int(s["raw_data"]["bytes"]) for s in json.loads((root / name / "index.json").read_text())["shards"]), reverse=True)
         for name in SPLITS
     }
-    metadata = sum(p.stat().st_size for p in root.rglob("*.json") if p.is_file())
+    # Everything in the cache but shards, locks and temporary files: taktstock.json, indexes, tokenizer, .remote.
+    metadata = sum(
+        p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and ".locks" not in p.relative_to(root).parts and p.suffix != ".mds" and not p.name.endswith(".tmp")
+    )
     evaluation = max(sum(sizes[name][:2]) for name in ("val", "test"))
     return metadata + sum(sizes["train"][: 2 * block]) + evaluation
 
