@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ByteSize
 
 from taktstock.config.schema import Config
 
@@ -57,6 +57,8 @@ def type_text(annotation: Any) -> str:
         return "any"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "mapping"
+    if annotation is ByteSize:
+        return "bytes: int or size string (2gb, 512MiB)"
     return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 

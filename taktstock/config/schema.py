@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 # YAML 1.1 (PyYAML) reads `off`/`on`/`yes`/`no` as booleans and `32` as an int; a choice field
 # documented as `progress: off` or `precision: 32` must accept what the YAML parser made of it.
@@ -81,6 +81,19 @@ class DataConfig(Section):
         "and the AWS environment variables), downloaded shard by shard into data.path on first use.",
     )
     target: str | None = Field(None, description="Target column (csv/parquet, image_csv) or array name (npz, default 'y').")
+    shuffle_block: int | None = Field(
+        None,
+        ge=1,
+        description="mds: shard-blocked training order: each epoch permutes the shards, groups them into blocks of this "
+        "many and shuffles the samples within each block, so only about two blocks of shards are needed at a time "
+        "(default: one permutation over all samples).",
+    )
+    cache_limit: ByteSize | None = Field(
+        None,
+        description="mds with data.remote: most bytes the local cache may hold (an int or a size like '2gb', '512MiB'); "
+        "least recently used shards outside the current and next block are evicted. Requires data.shuffle_block "
+        "(default: no limit, every downloaded shard is kept).",
+    )
     features: list[str] | None = Field(
         None, description="Feature columns (csv/parquet); default: all columns except the target and data.drop."
     )
@@ -181,6 +194,21 @@ class DataConfig(Section):
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1")
         return self
+
+    @model_validator(mode="after")
+    def _sharded_only(self) -> DataConfig:
+        for name in ("shuffle_block", "cache_limit"):
+            if getattr(self, name) is not None and self.source != "mds":
+                raise ValueError(f"{name} applies to data.source=mds only (got source={self.source})")
+        return self
+
+    @field_validator("cache_limit", mode="before")
+    @classmethod
+    def _size_text(cls, v: Any) -> Any:
+        # ByteSize takes '2gb' and '2GiB' but not a bool, which YAML makes of some words.
+        if isinstance(v, bool):
+            raise ValueError("must be a number of bytes or a size like '2gb'")
+        return v
 
     @field_validator("min_frequency")
     @classmethod

@@ -9,7 +9,7 @@ split's own `get_batch`), chosen by `data.in_memory`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,8 +37,17 @@ class EpochBatchSampler:
     contiguous per-rank parts, so W processes see exactly the samples of one process's batch.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        order: Callable[[int, int], np.ndarray | None] | None = None,
+    ) -> None:
+        self.n, self.batch_size, self.seed, self.shuffle, self.order = n, batch_size, seed, shuffle, order
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start_batch = 0, 0
 
@@ -46,7 +55,10 @@ class EpochBatchSampler:
         self.epoch, self.start_batch = epoch, start_batch
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
-        perm = epoch_permutation(self.n, self.seed, epoch, self.shuffle)
+        # A split's own order (sharded sources: shard-blocked) when it has one, a pure function of (seed, epoch) too.
+        perm = self.order(self.seed, epoch) if self.order is not None and self.shuffle else None
+        if perm is None:
+            perm = epoch_permutation(self.n, self.seed, epoch, self.shuffle)
         batches = [perm[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         # A trailing batch too small to give every rank a sample is dropped in multi-process runs.
         if self.world_size > 1 and batches and len(batches[-1]) < self.world_size:
@@ -184,7 +196,10 @@ def use_in_memory(config: Config, nbytes: int) -> bool:
 def build_train_batches(split: SplitDataset, config: Config, device: torch.device, rank: int = 0, world_size: int = 1) -> TrainBatches:
     """The training batches of `split` for this rank: a whole-batch fast path when the split has one and
     `data.in_memory` allows it, else a DataLoader with `data.num_workers` workers."""
-    sampler = EpochBatchSampler(len(split), config.train.batch_size, config.seed, shuffle=True, rank=rank, world_size=world_size)
+    order = getattr(split, "epoch_order", None)  # optional: (seed, epoch) -> the epoch's order, or None for the default
+    sampler = EpochBatchSampler(
+        len(split), config.train.batch_size, config.seed, shuffle=True, rank=rank, world_size=world_size, order=order
+    )
     if isinstance(split, ArraySplit) and use_in_memory(config, split.nbytes):
         target = device if (config.data.on_device and device.type != "cpu") else None
         return InMemoryBatches(split, sampler, target, pin_memory=device.type == "cuda")

@@ -2,8 +2,8 @@
 
 `data.path` is the shards' directory, or with `data.remote` (e.g. `s3://bucket/prefix`; the endpoint and
 credentials come from `S3_ENDPOINT_URL` and the usual AWS variables) the local cache the shards are
-downloaded into on first use. The sample order stays taktstock's (seed, epoch) permutation over random
-access to the shards, so resume is exact and DDP ranks read their own slices; counter-based
+downloaded into on first use (`data.cache_limit` bounds it, evicting). The sample order stays taktstock's
+(seed, epoch) permutation, or with `data.shuffle_block` the shard-blocked order, over random access to the shards, so resume is exact and DDP ranks read their own slices; counter-based
 `data.augment` applies on read, seeded by (seed, epoch, index) like in-memory arrays.
 """
 
@@ -40,11 +40,19 @@ class ShardSplit(SplitDataset):
     """
 
     def __init__(
-        self, shards: Any, size: int, meta: dict[str, Any], seed: int, augment: AugmentConfig | None, pad_multiple: int | None
+        self,
+        shards: Any,
+        size: int,
+        meta: dict[str, Any],
+        seed: int,
+        augment: AugmentConfig | None,
+        pad_multiple: int | None,
+        shuffle_block: int | None = None,
     ) -> None:
         from taktstock.data.augment import is_active
 
-        self.shards, self._len, self.seed = shards, size, seed
+        self.shards, self._len, self.seed, self.shuffle_block = shards, size, seed, shuffle_block
+        self._windows: Any = None
         self.layout, self.collate_spec = meta["layout"], meta["collate"]
         self.augment = augment if augment is not None and is_active(augment) and self.layout["kind"] == "tuple" else None
         self.pad_multiple = pad_multiple
@@ -56,7 +64,7 @@ class ShardSplit(SplitDataset):
         epoch, index = split_key(key)
         if not 0 <= index < self._len:
             raise IndexError(index)
-        row = self.shards.sample(index)
+        row = self.shards.sample(index, self._window(epoch, index))
         columns = self.layout["columns"]
         if self.layout["kind"] == "window":
             tokens = _restore(row["tokens"], columns["tokens"])
@@ -70,6 +78,27 @@ class ShardSplit(SplitDataset):
 
             x = augment_batch(x[None], np.array([index]), epoch, self.seed, self.augment)[0]
         return x, fields["target"]
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray | None:
+        """The training order with data.shuffle_block: shard-blocked (see order.py); None: the sampler's permutation."""
+        if self.shuffle_block is None:
+            return None
+        from taktstock.data.mds.order import blocked_order
+
+        return blocked_order(self.shards.ends, seed, epoch, self.shuffle_block)
+
+    def _window(self, epoch: int | None, index: int) -> tuple[int, frozenset[int]] | None:
+        """The shards a training reader keeps (its block and the next); None: evaluation's current and next shard."""
+        if epoch is None or self.shuffle_block is None:
+            return None
+        if self._windows is None:
+            from taktstock.data.mds.order import BlockWindows
+
+            self._windows = BlockWindows(self.shards.ends, self.seed, self.shuffle_block)
+        return self._windows.window(epoch, self.shards.shard_of(index))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_windows": None}
 
     def collate(self, samples: Sequence[Any]) -> Any:
         if self.collate_spec["kind"] == "pad":
@@ -91,6 +120,8 @@ class PreparedShards:
     seed: int
     augment: AugmentConfig | None = None
     pad_to_multiple_of: int | None = None
+    shuffle_block: int | None = None
+    cache_limit: int | None = None
 
     @property
     def task(self) -> str:
@@ -113,9 +144,10 @@ class PreparedShards:
     def split(self, name: str) -> ShardSplit:
         from taktstock.data.mds.shards import SplitShards
 
-        shards = SplitShards(self.path, name, self.remote)
+        shards = SplitShards(self.path, name, self.remote, self.cache_limit)
         augment = self.augment if name == "train" else None
-        return ShardSplit(shards, int(self.meta["sizes"][name]), self.meta, self.seed, augment, self.pad_to_multiple_of)
+        size = int(self.meta["sizes"][name])
+        return ShardSplit(shards, size, self.meta, self.seed, augment, self.pad_to_multiple_of, self.shuffle_block)
 
     def spec(self) -> Spec:
         return {k: FieldSpec.from_dict(v) for k, v in self.meta["spec"].items()}
@@ -141,6 +173,11 @@ def check_mds_config(config: Config) -> None:
         raise ConfigError("data.path: required for data.source=mds (the shards' directory, or the local cache of data.remote)")
     if d.remote is not None and "://" not in d.remote:
         raise ConfigError(f"data.remote: '{d.remote}' is not a URL (e.g. s3://bucket/prefix)")
+    if d.cache_limit is not None and d.remote is None:
+        raise ConfigError("data.cache_limit: applies to the cache of a data.remote (a local data.path is never evicted)")
+    if d.cache_limit is not None and d.shuffle_block is None:
+        # Not implied: the limit must not change the order, so the run is the same with and without it.
+        raise ConfigError("data.cache_limit: needs data.shuffle_block (the shards per block of the training order, e.g. 4)")
 
 
 @register_dataset("mds", check=check_mds_config, task="any")
@@ -169,7 +206,36 @@ def prepare_mds(config: Config) -> PreparedShards:
     h = hashlib.sha256((root / META).read_bytes())
     for name in SPLITS:
         h.update((root / name / "index.json").read_bytes())
-    return PreparedShards(root, d.remote, meta, h.hexdigest()[:16], config.seed, d.augment, d.pad_to_multiple_of)
+    if d.cache_limit is not None:
+        _check_cache_limit(root, int(d.cache_limit), int(d.shuffle_block or 1))
+    limit = int(d.cache_limit) if d.cache_limit is not None else None
+    return PreparedShards(root, d.remote, meta, h.hexdigest()[:16], config.seed, d.augment, d.pad_to_multiple_of, d.shuffle_block, limit)
+
+
+def cache_minimum(root: Path, block: int) -> int:
+    """Smallest workable data.cache_limit: the metadata, two blocks of the largest training shards (a block read
+    and the next one prefetched, still held during validation) and two evaluation shards (the current and next)."""
+    sizes = {
+        name: sorted((int(s["raw_data"]["bytes"]) for s in json.loads((root / name / "index.json").read_text())["shards"]), reverse=True)
+        for name in SPLITS
+    }
+    # Everything in the cache but shards, locks and temporary files: taktstock.json, indexes, tokenizer, .remote.
+    metadata = sum(
+        p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and ".locks" not in p.relative_to(root).parts and p.suffix != ".mds" and not p.name.endswith(".tmp")
+    )
+    evaluation = max(sum(sizes[name][:2]) for name in ("val", "test"))
+    return metadata + sum(sizes["train"][: 2 * block]) + evaluation
+
+
+def _check_cache_limit(root: Path, limit: int, block: int) -> None:
+    minimum = cache_minimum(root, block)
+    if limit < minimum:
+        raise ConfigError(
+            f"data.cache_limit: {limit} bytes cannot hold two blocks of data.shuffle_block={block} shards plus two "
+            f"evaluation shards; the minimum for these shards is {minimum} bytes"
+        )
 
 
 def _claim_cache(root: Path, remote: str) -> None:

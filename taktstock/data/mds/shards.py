@@ -49,8 +49,8 @@ class SplitShards:
     Pickling (to DataLoader workers) sends the paths only; each process builds its own readers.
     """
 
-    def __init__(self, root: Path, split: str, remote: str | None) -> None:
-        self.root, self.split, self.remote = Path(root), split, remote
+    def __init__(self, root: Path, split: str, remote: str | None, cache_limit: int | None = None) -> None:
+        self.root, self.split, self.remote, self.cache_limit = Path(root), split, remote, cache_limit
         self._state: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -81,24 +81,73 @@ class SplitShards:
             for shard in shards:
                 shard.validate(False)
             counts = np.array([shard.samples for shard in shards], np.int64)
-            self._state = {"stream": stream, "shards": shards, "ends": np.cumsum(counts), "present": set()}
+            self._state = {"stream": stream, "shards": shards, "ends": np.cumsum(counts), "present": set(), "window": None}
+            if self.remote is not None and self.cache_limit is not None:
+                from taktstock.data.mds.cache import LimitedCache
+
+                self._state["cache"] = LimitedCache(self.root, self.cache_limit)
         return self._state
 
     def __len__(self) -> int:
         ends = self._open()["ends"]
         return int(ends[-1]) if len(ends) else 0
 
-    def sample(self, index: int) -> dict[str, Any]:
-        """The decoded columns of sample `index` (0 <= index < len), its shard downloaded first if needed."""
+    @property
+    def ends(self) -> np.ndarray:
+        """Cumulative sample counts of the shards (from the index: nothing is downloaded)."""
+        return self._open()["ends"]
+
+    def shard_of(self, index: int) -> int:
+        return int(np.searchsorted(self.ends, index, side="right"))  # ends are cumulative sample counts
+
+    def sample(self, index: int, window: tuple[int, frozenset[int]] | None = None) -> dict[str, Any]:
+        """The decoded columns of sample `index` (0 <= index < len), its shard downloaded first if needed.
+
+        `window` (a key, shard ids): the shards this reader needs now and next; with a cache limit they are
+        kept from eviction, and shards outside the window are released (evictable) when the key changes."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         st = self._open()
-        shard_id = int(np.searchsorted(st["ends"], index, side="right"))  # ends are cumulative sample counts
+        shard_id = self.shard_of(index)
         first = int(st["ends"][shard_id - 1]) if shard_id else 0
-        if self.remote is not None and shard_id not in st["present"]:
+        if "cache" in st:
+            self._hold(st, shard_id, window or (-1 - shard_id, frozenset({shard_id, shard_id + 1})))
+        elif self.remote is not None and shard_id not in st["present"]:
             self._download(st, shard_id)
             st["present"].add(shard_id)
-        return st["shards"][shard_id][index - first]
+        try:
+            return st["shards"][shard_id][index - first]
+        except FileNotFoundError:
+            if self.remote is None or "cache" in st:
+                raise  # a held shard is never evicted; a local directory has nothing to download
+            # Evicted by a concurrent run with a cache limit since this process saw it: fetch it again.
+            self._download(st, shard_id)
+            return st["shards"][shard_id][index - first]
+
+    def _raw(self, st: dict[str, Any], shard_id: int) -> Path:
+        return self.root / self.split / st["shards"][shard_id].file_pairs[0][0].basename
+
+    def _hold(self, st: dict[str, Any], shard_id: int, window: tuple[int, frozenset[int]]) -> None:
+        """Limited cache: hold the shard's read lock (its window's shards protected), downloading it if absent.
+
+        A held shard cannot be evicted, so it is checked for (and fetched) once per window, not per sample."""
+        cache, n = st["cache"], len(st["shards"])
+        key, ids = window
+        if key != st["window"]:
+            st["protect"] = [self._raw(st, s) for s in ids if 0 <= s < n]
+            cache.release_except(st["protect"])
+            st["present"] &= {s for s in ids if 0 <= s < n}
+            st["window"] = key
+        if shard_id in st["present"]:
+            return
+        raw = self._raw(st, shard_id)
+        cache.hold(raw)
+        if not raw.is_file():
+            shard = st["shards"][shard_id]
+            assert self.remote is not None  # a cache limit applies to a remote's cache only
+            url = remote_join(self.remote, self.split, raw.name)
+            cache.download(lambda: fetch(url, raw), raw, int(shard.file_pairs[0][0].bytes), st["protect"])
+        st["present"].add(shard_id)
 
     def _download(self, st: dict[str, Any], shard_id: int) -> None:
         from filelock import FileLock
