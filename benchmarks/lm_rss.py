@@ -1,12 +1,14 @@
-"""Language-model peak RSS on a 1x and a `--copies`x corpus: `python -m benchmarks.lm_rss [--copies 10] [--json FILE]`.
+"""Language-model peak RSS on a 1x and a `--copies`x corpus.
+
+    python -m benchmarks.lm_rss [--copies 10] [--repeats 3] [--json FILE] [--quick]
 
 The same `gpt` (benchmarks/lm.py's) trains the same number of steps through `taktstock train` on a corpus of
-stdlib modules and on `--copies` copies of it, with `data.num_workers` DataLoader workers. Each row is a fresh
-process; the corpus is prepared (tokenised into the memory-mapped token file) beforehand in the parent, so
-the child only opens the cache. The child resets its peak (Linux clear_refs) after the imports and the
-set-up, then trains; the row is that process's peak RSS and the largest worker's (read at the end of
-training, while the workers are alive). The token file is memory-mapped, so 10x the corpus should not
-raise either peak by more than the pages the sampled windows touch.
+stdlib modules and on `--copies` copies of it, with `data.num_workers` DataLoader workers. The corpus is
+prepared (tokenised into the memory-mapped token file) beforehand in the parent; each measurement is then a
+fresh process (`--repeats` per size, sizes alternating; a row is their median) that only opens the cache,
+resets its peak (Linux clear_refs) after the imports and the set-up, and trains. It reports its own peak RSS
+and the largest worker's (read after every step, while the workers are alive). The token file is
+memory-mapped, so 10x the corpus should not raise either peak by more than the pages the windows touch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import gc
 import io
 import json
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--copies", type=int, default=10)
     p.add_argument("--modules", type=int, default=40, help="stdlib modules in the 1x corpus")
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per corpus size (the row is their median)")
     p.add_argument("--quick", action="store_true", help="8 modules, 2 copies, 3 steps: a smoke run of the structure")
     p.add_argument("--workdir", type=Path, default=Path("benchmarks/.work/lm_rss"))
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/lm-rss-cpu.json"))
@@ -100,27 +104,43 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(a.child, a.steps)))
         return
     if a.quick:
-        a.modules, a.copies, a.steps = 8, 2, 3
+        a.modules, a.copies, a.steps, a.repeats = 8, 2, 3, 1
     from taktstock.data.prepare import prepare
 
-    rows = []
+    folders = {}
     for copies in (1, a.copies):
-        folder = _corpus(a.workdir.resolve(), a.modules, copies)
-        prepare(_train_config(folder, a.steps))  # tokenised here, outside the measured process
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.lm_rss", "--child", str(folder), "--steps", str(a.steps)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
+        folders[copies] = _corpus(a.workdir.resolve(), a.modules, copies)
+        prepare(_train_config(folders[copies], a.steps))  # tokenised here, outside the measured processes
+    runs: dict[int, list[dict[str, Any]]] = {1: [], a.copies: []}
+    for _ in range(a.repeats):  # alternating sizes, so a slow drift of the machine touches both alike
+        for copies, folder in folders.items():
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.lm_rss", "--child", str(folder), "--steps", str(a.steps)],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
+            if proc.returncode:
+                sys.exit(f"the {copies}x child failed:\n{proc.stderr[-2000:]}")
+            runs[copies].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rows = []
+    for copies, these in runs.items():
+        main_all, worker_all = [r["main_mib"] for r in these], [r["worker_mib"] for r in these]
+        rows.append(
+            {
+                "copies": copies,
+                "train_tokens": these[0]["train_tokens"],
+                "token_file_mib": these[0]["train_tokens"] * 2 / 2**20,  # uint16 ids: vocabulary 2048
+                "main_mib": statistics.median(main_all),
+                "worker_mib": statistics.median(worker_all),
+                "main_mib_all": [round(v, 1) for v in main_all],
+                "worker_mib_all": [round(v, 1) for v in worker_all],
+            }
         )
-        if proc.returncode:
-            sys.exit(f"the {copies}x child failed:\n{proc.stderr[-2000:]}")
-        rows.append({"copies": copies, **json.loads(proc.stdout.strip().splitlines()[-1])})
     base = rows[0]
-    for r in rows:
+    for r in rows:  # ratios of the medians over the fresh processes
         r["main_ratio"] = r["main_mib"] / base["main_mib"]
         r["worker_ratio"] = r["worker_mib"] / base["worker_mib"] if base["worker_mib"] else None
-        r["token_file_mib"] = r["train_tokens"] * 2 / 2**20  # uint16 ids: vocabulary 2048
     result = {
         "benchmark": "lm peak RSS",
         "environment": environment(Options(quick=a.quick)),
@@ -129,15 +149,16 @@ def main(argv: list[str] | None = None) -> None:
         "steps": a.steps,
         "num_workers": WORKERS,
         "modules": a.modules,
+        "repeats": a.repeats,
         "rows": rows,
     }
     cols = [
         ("copies", "corpus", "d"),
         ("train_tokens", "train tokens", "d"),
         ("token_file_mib", "token file MiB", ".2f"),
-        ("main_mib", "main MiB", ".0f"),
+        ("main_mib", "main MiB (median)", ".0f"),
         ("main_ratio", "main x1", ".3f"),
-        ("worker_mib", "worker MiB", ".0f"),
+        ("worker_mib", "worker MiB (median)", ".0f"),
         ("worker_ratio", "worker x1", ".3f"),
     ]
     print_table(f"LM peak RSS, {a.steps} training steps, {WORKERS} workers", rows, cols)
