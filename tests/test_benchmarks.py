@@ -67,3 +67,45 @@ def test_quick_tables_training_benchmark_times_taktstock_and_the_hand_written_lo
         assert rows["hand-written loop"]["ratio"] == 1.0
         assert all(len(r["samples_per_s_all"]) == 1 and r["samples_per_s"] > 0 and r["ratio"] > 0 for r in rows.values())
     assert "x hand-written" in proc.stdout
+
+
+def test_quick_text_benchmark_times_taktstock_against_the_data_collator_loop(tmp_path: Path) -> None:
+    """`python -m benchmarks.text --quick`: structure only (the numbers are recorded in docs/benchmarks.md)."""
+    out = tmp_path / "text.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.text", "--quick", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        cwd=tmp_path,
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3 and result["batch"] == 32 and result["threads"] == 1 and result["train_samples"] > 3 * 32
+    rows = {r["contender"]: r for r in result["rows"]}
+    assert set(rows) == {"hand-written, DataCollatorWithPadding", "taktstock train"}
+    assert rows["hand-written, DataCollatorWithPadding"]["ratio"] == 1.0
+    assert all(len(r["samples_per_s_all"]) == 1 and r["samples_per_s"] > 0 and r["ratio"] > 0 for r in rows.values())
+    assert "taktstock train" in proc.stdout
+
+
+def test_quick_lm_rss_benchmark_reports_main_and_worker_peaks_per_corpus_size(tmp_path: Path) -> None:
+    """`python -m benchmarks.lm_rss --quick`: one fresh process per corpus size, main and worker peaks."""
+    out = tmp_path / "rss.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lm_rss", "--quick", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        cwd=tmp_path,
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3 and result["num_workers"] == 2
+    small, large = result["rows"]
+    assert (small["copies"], large["copies"]) == (1, 2) and large["train_tokens"] > small["train_tokens"]
+    for row in (small, large):
+        assert row["main_mib"] > 0 and row["worker_mib"] > 0  # the worker peak is read while the workers live
+    assert small["main_ratio"] == 1.0 and large["main_ratio"] > 0 and large["worker_ratio"] > 0
