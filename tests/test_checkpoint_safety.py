@@ -156,7 +156,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resume_is_exact(server, tmp_p
             proc.kill()
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert took < 10, f"took {took:.1f}s to stop"
+    # Within a scheduler's usual grace period (Kubernetes: 30 s) even on a loaded machine; that it stopped at
+    # the step in flight rather than running on is checked by the checkpoint's step below.
+    assert took < 25, f"took {took:.1f}s to stop"
     assert f"resume with: taktstock train --resume {run}" in err
     last_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     info = CheckpointManager(run / "checkpoints").latest_valid()
