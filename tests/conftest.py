@@ -62,7 +62,7 @@ def _cli_server() -> Any:
     if _CLI_SERVER is None or _CLI_SERVER.proc.poll() is not None:
         import atexit
 
-        _CLI_SERVER = ForkServer()
+        _CLI_SERVER = ForkServer(start_timeout=300)  # a fresh machine imports torch from a cold disk cache
         atexit.register(_CLI_SERVER.close)
     return _CLI_SERVER
 
