@@ -107,9 +107,12 @@ def _promote(run: RunDir, config: Any, metric: str, mode: str, metrics: dict[str
     digest = hashlib.sha256(run.best.read_bytes()).hexdigest() if run.best.is_file() else ""
     # Promoting the same weights again (a retried task, a re-run) reuses their version instead of adding one.
     tags = {TAG_METRIC: metric, TAG_VALUE: repr(value), TAG_RUN_DIR: str(run.root.resolve()), TAG_WEIGHTS: digest}
-    version = _existing_version(client, name, digest) or _register(run, name, experiment, metrics, tags)
-    for key, tag in tags.items():
-        client.set_model_version_tag(name, str(version), key, tag)
+    version = _existing_version(client, name, digest)
+    if version is None:
+        version = _register(run, name, experiment, metrics, tags)
+    else:  # the same weights promoted again: their tags say this promotion (run dir, metric) now
+        for key, tag in tags.items():
+            client.set_model_version_tag(name, str(version), key, tag)
 
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
