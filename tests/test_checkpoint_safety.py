@@ -252,7 +252,7 @@ def step(model, batch, loss_fn):
 
 def test_nan_loss_stops_with_error_naming_the_step_and_keeps_last_good_checkpoint(server, tmp_path):
     (tmp_path / "nanstep.py").write_text(NAN_STEP)
-    config = safety_config(step_fn="nanstep:step", accumulate_grad_batches=1)
+    config = safety_config(step_fn="nanstep:step", accumulate_grad_batches=1, val_every_n_steps=4)
     cfg = write_config(tmp_path / "config.yaml", config)
     run = tmp_path / "run"
     rc = server.run(["train", str(cfg), "--run-dir", str(run)], tmp_path, tmp_path / "log")
@@ -263,6 +263,10 @@ def test_nan_loss_stops_with_error_naming_the_step_and_keeps_last_good_checkpoin
     assert kept is not None and kept.step < 9 and f"the last good checkpoint is {kept.path}" in out
     assert all(torch.isfinite(v).all() for v in load_checkpoint(kept.path)["model"].values())
     assert json.loads((run / "run.json").read_text())["status"] == "aborted"
+    # The best state before the abort is on disk (best.pt is kept in memory until a checkpoint or an abort writes it).
+    vals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val/acc" in r]
+    best = CheckpointManager(run / "checkpoints").best()
+    assert [r["step"] for r in vals] == [4, 8] and best is not None and best.step == max(vals, key=lambda r: r["val/acc"])["step"]
 
 
 def test_nan_loss_skip_policy_skips_batches_and_reports_the_count(server, tmp_path):

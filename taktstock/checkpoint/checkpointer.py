@@ -3,7 +3,14 @@
 It owns the registered stateful parts (anything with `state_dict()`/`load_state_dict()`), the save
 cadence, the checkpoint format and its compatibility checks (format, world size, intra-op threads),
 the learning-rate horizon freeze and the write guards. The trainer only says "a step boundary is
-here" (`due`, `save`, `save_best`); files are written through a `CheckpointWriter` (sync or async).
+here" (`due`, `save`, `save_best`, `write_best`); files are written through a `CheckpointWriter` (sync or async).
+
+best.pt is not written at each improvement of the monitored metric: `save_best` keeps a host copy of
+the state and `write_best` writes it just before the next checkpoint (the trainer calls it there, at the
+end of training, at preemption and before a non-finite-loss abort). So the best model costs disk time at
+the checkpoint cadence, not once per improvement (short epochs improve often), and crash safety is the
+same as before: a checkpoint never covers an improvement whose best.pt is not on disk (best.pt is written
+first), and a resume from an older checkpoint replays the improvement and writes the same best.pt again.
 
 A new part is one registration, e.g. EMA weights:  `checkpointer.register("ema", ema)`.
 Parts are restored in registration order, per-rank parts (RNG last) after the others.
@@ -21,6 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
+from taktstock.checkpoint.async_writer import snapshot
 from taktstock.checkpoint.manager import CheckpointWriter, checkpoint_name, load_checkpoint
 from taktstock.config.schema import CheckpointConfig
 from taktstock.errors import CheckpointError, ConfigError, TrainingAborted
@@ -82,6 +90,8 @@ class Checkpointer:
         self.last: Path | None = None  # the newest periodic checkpoint of this process
         self._parts: list[_Part] = []
         self._clock = time.monotonic()
+        self._best: tuple[dict[str, Any] | None, int, Callable[[dict[str, Any]], None] | None] | None = None
+        self.saves, self.seconds = 0, 0.0  # files written and seconds spent on them in the training thread (rank 0)
 
     def register(
         self,
@@ -134,27 +144,51 @@ class Checkpointer:
         )
 
     def save(self, step: int) -> Path:
-        """A periodic checkpoint: state from every rank, written by rank 0."""
-        state = self.state()
+        """A periodic checkpoint: state from every rank, written by rank 0 (after a kept best state, see `write_best`)."""
+        self.write_best()
+        with self._timed():
+            state = self.state()
 
-        def write() -> None:
-            self.last = self.writer.save(state, step)
+            def write() -> None:
+                self.last = self.writer.save(state, step)
 
-        self.write_on_main(f"checkpoint at step {step}", write)
+            self.write_on_main(f"checkpoint at step {step}", write)
         self.last = self.writer.dir / checkpoint_name(step)
         self._clock = time.monotonic()
         return self.last
 
     def save_best(self, step: int, weights: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """best.pt, and through `weights` best.safetensors from the same (possibly gathered) model state."""
-        state = self.state(with_ranks=False)
+        """Keep the state as the best one (a host copy, on rank 0); `write_best` writes it as best.pt and,
+        through `weights(state)`, best.safetensors. Every rank calls it: gathering FSDP state is a collective."""
+        with self._timed():
+            state = self.state(with_ranks=False)
+            copy = snapshot(state) if self.dist.is_main else None  # training goes on changing the live tensors
+        self._best = (copy, step, weights)
+
+    def write_best(self) -> None:
+        """Write a best state kept by `save_best`, if any (every rank calls it: rank 0 writes)."""
+        if self._best is None:
+            return
+        state, step, weights = self._best
+        self._best = None
 
         def write() -> None:
+            assert state is not None
             if weights is not None:
-                weights(state["model"])
+                weights(state)
             self.writer.save_best(state, step)
 
-        self.write_on_main("the best checkpoint", write)
+        with self._timed():
+            self.write_on_main("the best checkpoint", write)
+
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        """Count the training thread's time in checkpointing (`seconds`; run.json reports its share of the run)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
 
     def write_on_main(self, what: str, write: Callable[[], None]) -> None:
         """Rank 0 writes; a failure stops every rank (the all-reduce doubles as the save barrier)."""
@@ -163,6 +197,7 @@ class Checkpointer:
             try:
                 with self.guard(what):
                     write()
+                    self.saves += 1
             except TrainingAborted as exc:
                 error = exc
         if not self.dist.all_ranks(error is None, self.device):

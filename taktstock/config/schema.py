@@ -429,7 +429,9 @@ class CheckpointConfig(Section):
     every_n_steps: int | None = Field(None, ge=1, description="Also save every N optimizer steps.")
     every_epoch: bool = Field(False, description="Also save at the end of every epoch.")
     keep_last: int = Field(3, ge=1, description="How many periodic checkpoints stay on disk.")
-    save_best: bool = Field(True, description="Keep the best checkpoint by the monitored metric.")
+    save_best: bool = Field(
+        True, description="Keep the best checkpoint by the monitored metric (held in memory, written with the next checkpoint)."
+    )
     async_write: bool = Field(
         False,
         description="Write checkpoints on a background thread: training waits only for a host copy of the state, "

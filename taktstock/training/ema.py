@@ -44,5 +44,10 @@ class ModelEma:
         self.averaged.load_state_dict(state)
 
 
+def averaged_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The averaged model's own state dict (keys of the trained model) from a `ModelEma.state_dict()`."""
+    return {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
+
+
 def build_ema(cfg: EmaConfig | None, model: nn.Module) -> ModelEma | None:
     return ModelEma(model, cfg) if cfg is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -28,7 +29,7 @@ from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
 from taktstock.training.device import select_device
 from taktstock.training.distributed import DistEnv, is_sharded, setup_distributed, teardown_distributed
-from taktstock.training.ema import build_ema
+from taktstock.training.ema import averaged_weights, build_ema
 from taktstock.training.losses import build_loss
 from taktstock.training.monitor import MetricMonitor
 from taktstock.training.optim import build_optimizer, build_scheduler
@@ -129,7 +130,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         + list(callbacks or [])
         + sample_loggers(config, data, run, dist.is_main),
         # train.ema: best.safetensors holds the EMA weights (best.pt keeps the raw ones in "model").
-        save_best_weights=(lambda state: save_weights(ema.module if ema else model, run.best, None if ema else state))
+        save_best_weights=(lambda state: save_weights(model, run.best, averaged_weights(state["ema"]) if ema else state["model"]))
         if dist.is_main
         else None,
         ema=ema,
@@ -146,7 +147,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         trackers.start(config_to_dict(config), ckpt_state["trackers"] if ckpt_state else None, trainer.state.step)
         if start is not None:
             print(f"resuming {run.root} from {start.name} (step {trainer.state.step}, epoch {trainer.state.epoch})", file=sys.stderr)
-    status = "failed"
+    status, fit_started = "failed", time.perf_counter()
     try:
         trainer.fit()
         checkpointer.flush()
@@ -159,15 +160,27 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
             procs = f" --nproc-per-node {dist.world_size}" if dist.enabled else ""  # multi-node: the same layout as before
             print(f"{exc.signal_name}: saved {where}; resume with: taktstock train --resume {run.root}{procs}", file=sys.stderr)
         raise
-    except TrainingAborted:
-        status = "aborted"
+    except Exception as exc:
+        status = "aborted" if isinstance(exc, TrainingAborted) else "failed"
+        # The best state so far is kept, as an immediate write would have (all ranks abort together; an
+        # unexpected error may have left one rank elsewhere, so a multi-process run does not wait on it).
+        if status == "aborted" or not dist.enabled:
+            with contextlib.suppress(TrainingAborted):
+                checkpointer.write_best()
         raise
     finally:
         checkpointer.settle()  # on any exit, a background write finishes before the process may end
         metrics_file.close()
+        spent = {"saves": checkpointer.saves, "seconds": round(checkpointer.seconds, 4)}
+        spent["share"] = round(checkpointer.seconds / max(time.perf_counter() - fit_started, 1e-9), 5)
         if dist.is_main:
             run.update_info(
-                status=status, ended=time.time(), steps=trainer.state.step, best=parts.monitor.best, nan_skips=trainer.state.nan_skips
+                status=status,
+                ended=time.time(),
+                steps=trainer.state.step,
+                best=parts.monitor.best,
+                nan_skips=trainer.state.nan_skips,
+                checkpoints=spent,  # this process's time in checkpointing, and its share of the training time
             )
             if trainer.state.nan_skips:
                 print(
@@ -177,7 +190,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
                 trackers.finish("FAILED" if status in ("failed", "aborted") else "KILLED")
     outcome = "FAILED"  # writing the final weights or plots can still fail
     try:
-        result = _finish(config, run, trainer, parts, dist)
+        result = _finish(config, run, trainer, parts, dist, spent)
         if dist.is_main:
             trackers.call("log_run_outputs", run, result.final_metrics)  # config, plots, best model
         outcome = "FINISHED"
@@ -196,7 +209,7 @@ def _checkpoint_writer(config: Config, run: RunDir) -> CheckpointWriter:
     return writer
 
 
-def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, dist: DistEnv) -> RunResult:
+def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, dist: DistEnv, spent: dict[str, Any]) -> RunResult:
     """Final weights, plots and the summary; only rank 0 writes."""
     records = read_metrics(run.metrics) if dist.is_main and run.metrics.exists() else []
     final = {k: v for r in records if "step" in r for k, v in r.items() if k.startswith("val/")}
@@ -219,6 +232,7 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
             summary[f"best {parts.monitor.name}"] = parts.monitor.best
         if trainer.throughput:
             summary["tokens/s" if trainer.settings.tokens else "samples/s"] = round(trainer.throughput)
+        summary["checkpointing"] = f"{spent['saves']} saves, {spent['seconds']:.2f} s ({spent['share']:.1%} of training)"
         print_table("training summary", summary)
     return RunResult(run.root, trainer.state.stop_reason or "completed", trainer.state.step, parts.monitor.best, final)
 

@@ -272,7 +272,8 @@ class Trainer:
     def _checkpoint(self) -> None:
         self._check_finite()
         if not self.checkpointer.saved_at(self.state.step):
-            self.checkpointer.save(self.state.step)
+            self.checkpointer.save(self.state.step)  # a kept best state is written first
+        self.checkpointer.write_best()
 
     def _signals(self) -> tuple[bool, bool]:
         """(preemption requested, checkpoint clock due), agreed by all ranks in one all-reduce.
