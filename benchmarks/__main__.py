@@ -13,7 +13,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITES = ("mlp", "resnet", "memory", "checkpoint", "startup")
+SUITES = ("mlp", "resnet", "memory", "checkpoint", "startup")  # run in this order
+THROUGHPUT = [
+    ("contender", "contender", ""),
+    ("samples_per_s", "samples/s (median)", ",.0f"),
+    ("ratio", "x hand-written DataLoader (median of paired)", ".3f"),
+    ("best_samples_per_s", "best samples/s", ",.0f"),
+    ("best_ratio", "x (best/best)", ".3f"),
+]
+# Each suite's console table: (key, header, format spec) per column.
+COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "mlp": THROUGHPUT,
+    "resnet": THROUGHPUT,
+    "memory": [
+        ("workload", "workload", ""),
+        ("contender", "contender", ""),
+        ("peak_rss_mb", "peak RSS MB", ".0f"),
+        ("rss_ratio", "x hand-written", ".3f"),
+        ("cuda_peak_mb", "CUDA peak MB", ".0f"),
+        ("cuda_ratio", "x hand-written", ".3f"),
+    ],
+    "checkpoint": [("metric", "metric", ""), ("value", "value", ".4g")],
+    "startup": [("command", "command", ""), ("seconds", "seconds", ".3f")],
+}
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -48,61 +70,37 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, Any] = {"environment": common.environment(opts), "options": vars(args) | {"suites": suites}}
     t0 = time.perf_counter()
-    if "mlp" in suites or "resnet" in suites:
-        from benchmarks.suites import run_throughput
-
-        for name in ("mlp", "resnet"):
-            if name in suites:
-                rows = run_throughput(name, opts)
-                results[name] = rows
-                common.print_table(
-                    f"{name} ({opts.device}, {opts.threads} thread(s), median of {opts.repeats} interleaved rounds)",
-                    rows,
-                    [
-                        ("contender", "contender", ""),
-                        ("samples_per_s", "samples/s (median)", ",.0f"),
-                        ("ratio", "x hand-written DataLoader (median of paired)", ".3f"),
-                        ("best_samples_per_s", "best samples/s", ",.0f"),
-                        ("best_ratio", "x (best/best)", ".3f"),
-                    ],
-                )
-    if "memory" in suites:
-        from benchmarks.suites import run_memory
-
-        rows = run_memory(opts)
-        results["memory"] = rows
-        common.print_table(
-            f"peak memory ({opts.device}, fresh process per run, median)",
-            rows,
-            [
-                ("workload", "workload", ""),
-                ("contender", "contender", ""),
-                ("peak_rss_mb", "peak RSS MB", ".0f"),
-                ("rss_ratio", "x hand-written", ".3f"),
-                ("cuda_peak_mb", "CUDA peak MB", ".0f"),
-                ("cuda_ratio", "x hand-written", ".3f"),
-            ],
-        )
-    if "checkpoint" in suites:
-        from benchmarks.checkpoint import run_checkpoint
-
-        row = run_checkpoint(opts)
-        results["checkpoint"] = row
-        common.print_table(
-            f"checkpoint (ResNet-18 + AdamW state, {opts.device})",
-            [{"metric": k, "value": v} for k, v in row.items()],
-            [("metric", "metric", ""), ("value", "value", ".4g")],
-        )
-    if "startup" in suites:
-        from benchmarks.startup import run_startup
-
-        rows = run_startup(opts)
-        results["startup"] = rows
-        common.print_table("start-up (wall time, median)", rows, [("command", "command", ""), ("seconds", "seconds", ".3f")])
+    for name in SUITES:
+        if name in suites:
+            results[name], title, rows = _run_suite(name, opts)
+            common.print_table(title, rows, COLUMNS[name])
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)
     path = args.json or Path("benchmarks/results") / f"{opts.device}.json"
     common.write_json(path, results)
     print(f"\nresults: {path} ({results['elapsed_s']} s)")
+
+
+def _run_suite(name: str, opts: Any) -> tuple[Any, str, list[dict[str, Any]]]:
+    """Run one suite: (what the JSON records, the console table's title and rows)."""
+    if name in ("mlp", "resnet"):
+        from benchmarks.suites import run_throughput
+
+        rows = run_throughput(name, opts)
+        return rows, f"{name} ({opts.device}, {opts.threads} thread(s), median of {opts.repeats} interleaved rounds)", rows
+    if name == "memory":
+        from benchmarks.suites import run_memory
+
+        rows = run_memory(opts)
+        return rows, f"peak memory ({opts.device}, fresh process per run, median)", rows
+    if name == "checkpoint":
+        from benchmarks.checkpoint import run_checkpoint
+
+        row = run_checkpoint(opts)
+        return row, f"checkpoint (ResNet-18 + AdamW state, {opts.device})", [{"metric": k, "value": v} for k, v in row.items()]
+    from benchmarks.startup import run_startup
+
+    rows = run_startup(opts)
+    return rows, "start-up (wall time, median)", rows
 
 
 def _options(args: argparse.Namespace) -> Any:

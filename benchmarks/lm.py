@@ -13,12 +13,8 @@ result is the median of per-round ratios.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import shutil
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import Timed, interleaved
+from benchmarks.timing import TimedTrain, timed_sections
 
+REPO = Path(__file__).resolve().parents[1]
 MODEL = {"name": "gpt", "block_size": 64, "dim": 128, "depth": 2, "heads": 4, "dropout": 0.0}
 BATCH, LR = 16, 1e-3
 
@@ -45,24 +43,15 @@ def _config(workdir: Path, steps: int) -> dict[str, Any]:
         },
         "model": dict(MODEL),
         "optim": {"name": "adamw", "lr": LR},
-        "train": {
-            "epochs": 1,
-            "max_steps": steps,
-            "batch_size": BATCH,
-            "log_every_n_steps": 20,
-            "callbacks": ["benchmarks.timing:FitTimer"],
-        },
-        "metrics": {"monitor": "train/loss", "mode": "min"},
-        "checkpoint": {"every_n_minutes": None, "every_n_steps": None, "every_epoch": False, "save_best": False},
-        "logging": {"tensorboard": False, "plots": False, "progress": "off"},
+        **timed_sections(steps, BATCH),
     }
 
 
 def _corpus(workdir: Path, modules: int = 40) -> None:
-    out = workdir / "corpus"
-    out.mkdir(parents=True, exist_ok=True)
-    for src in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:modules]:
-        (out / f"{src.stem}.txt").write_text(src.read_text(encoding="utf-8", errors="replace"))
+    sys.path.insert(0, str(REPO))
+    from tests.text_helpers import python_sources
+
+    python_sources(workdir / "corpus", modules)
 
 
 def main() -> None:
@@ -75,25 +64,15 @@ def main() -> None:
     torch.set_num_threads(1)
     _corpus(args.workdir)
 
-    from benchmarks.timing import MARKS
-    from taktstock.config.loader import validate
     from taktstock.data.prepare import prepare
     from taktstock.models.registry import build_model
-    from taktstock.training.run import train as run_train
 
-    raw = _config(args.workdir, args.steps)
-    config = validate(raw, {}, "<benchmark>")
+    taktstock = TimedTrain(_config(args.workdir, args.steps), args.workdir / "run", BATCH * MODEL["block_size"])
+    config = taktstock.config
     data = prepare(config)
     tokens = data.split("train").store.tokens  # the memory-mapped token file both contenders read
     T = MODEL["block_size"]
     per_run = args.steps * BATCH * T
-
-    def taktstock() -> tuple[float, int]:
-        run_dir = args.workdir / "run"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            run_train(config, run_dir=run_dir)
-        return MARKS["last_step"] - MARKS["start"], per_run
 
     def hand_written() -> tuple[float, int]:
         torch.manual_seed(0)

@@ -139,6 +139,8 @@ HAND_WRITTEN = "hand-written loop"
 def train_config(path: Path, workdir: Path, encoding: str, steps: int) -> dict[str, Any]:
     """The taktstock experiment of `--train`: every row trains (no validation: the hand-written loop does not
     validate), `steps` optimizer steps, no periodic checkpoints."""
+    from benchmarks.timing import timed_sections
+
     return {
         "experiment": {"name": f"bench-tables-{encoding}", "output_dir": str(workdir / "runs")},
         "seed": 0,
@@ -153,44 +155,8 @@ def train_config(path: Path, workdir: Path, encoding: str, steps: int) -> dict[s
         },
         "model": {"name": "mlp" if encoding == "onehot" else "tabular", "hidden": HIDDEN},
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
-        "train": {
-            "epochs": 1,
-            "max_steps": steps,
-            "batch_size": BATCH,
-            "log_every_n_steps": 50,
-            "callbacks": ["benchmarks.timing:FitTimer"],
-        },
-        "metrics": {"monitor": "train/loss", "mode": "min"},
-        "checkpoint": {"every_n_minutes": None, "every_n_steps": None, "every_epoch": False, "save_best": False},
-        "logging": {"tensorboard": False, "plots": False, "progress": "off"},
+        **timed_sections(steps, BATCH, log_every_n_steps=50),
     }
-
-
-class TaktstockTrain:
-    """`train()` of the experiment in this process; (seconds from the first to the last optimizer step, samples)."""
-
-    def __init__(self, raw: dict[str, Any], run_dir: Path) -> None:
-        from taktstock.config.loader import validate
-
-        self.config = validate(raw, {}, "benchmark")
-        self.run_dir = run_dir
-
-    def __call__(self) -> tuple[float, int]:
-        import contextlib
-        import io
-        import shutil
-
-        from benchmarks.timing import MARKS
-        from taktstock.training.run import train
-
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            result = train(self.config, run_dir=self.run_dir)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        steps = self.config.train.max_steps
-        if result.steps != steps:
-            raise RuntimeError(f"taktstock trained {result.steps} steps, expected {steps}")
-        return MARKS["last_step"] - MARKS["start"], steps * BATCH
 
 
 class HandWrittenTable:
@@ -240,6 +206,7 @@ class HandWrittenTable:
 def train_throughput(rows: int, workdir: Path, steps: int, repeats: int, warmup: bool = True) -> dict[str, Any]:
     """Per encoding: taktstock vs the hand-written loop, interleaved rounds (benchmarks.common.interleaved)."""
     from benchmarks.common import Timed, interleaved
+    from benchmarks.timing import TimedTrain
 
     if steps > rows // BATCH:  # within one epoch: full batches only, the same samples for both contenders
         raise SystemExit(f"error: --steps {steps} needs at least {steps * BATCH:,} rows (--rows {rows:,})")
@@ -250,7 +217,7 @@ def train_throughput(rows: int, workdir: Path, steps: int, repeats: int, warmup:
     for encoding in ("onehot", "index"):
         raw = train_config(path, workdir, encoding, steps)
         hand = HandWrittenTable(raw)  # prepares (or reopens) the cache first, outside every timing
-        contenders = [Timed(HAND_WRITTEN, hand), Timed("taktstock train", TaktstockTrain(raw, workdir / "runs" / encoding))]
+        contenders = [Timed(HAND_WRITTEN, hand), Timed("taktstock train", TimedTrain(raw, workdir / "runs" / encoding, BATCH))]
         result[encoding] = interleaved(contenders, repeats, HAND_WRITTEN, warmup=warmup)
         result[f"{encoding}_input_columns"] = [int(t.shape[1]) for t in hand.inputs]  # float columns (, level indices)
     return result

@@ -1,7 +1,7 @@
 """Text-classification samples/s: `taktstock train` vs a hand-written loop with `DataCollatorWithPadding`.
 
 Both train the same built-in `transformer` classifier (built by taktstock's registry, same seed) with fused
-AdamW on the same tokenised ids: labelled topic sentences of very different lengths (tests/text_helpers.py)
+AdamW on the same tokenised ids: labelled topic sentences of very different lengths (scripts/make_text_data.py)
 in a JSONL, a BPE tokenizer trained by taktstock's prepare, batches padded to their longest sample with an
 attention mask. The hand-written loop is what a Hugging Face user writes: the ids as a list of feature dicts,
 `transformers.DataCollatorWithPadding` over a `PreTrainedTokenizerFast` wrapping the same tokenizer.json, a
@@ -15,9 +15,6 @@ then interleaved rounds and the median of per-round ratios.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Options, Timed, environment, interleaved, print_table, write_json
+from benchmarks.timing import TimedTrain, timed_sections
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {"name": "transformer", "dim": 64, "depth": 2, "heads": 4, "dropout": 0.0, "max_length": 64}
@@ -49,16 +47,7 @@ def _config(workdir: Path, steps: int) -> dict[str, Any]:
         "model": dict(MODEL),
         "optim": {"name": "adamw", "lr": LR},
         # One epoch longer than max_steps, so no end-of-epoch validation falls inside the timed window.
-        "train": {
-            "epochs": 1,
-            "max_steps": steps,
-            "batch_size": BATCH,
-            "log_every_n_steps": 20,
-            "callbacks": ["benchmarks.timing:FitTimer"],
-        },
-        "metrics": {"monitor": "train/loss", "mode": "min"},
-        "checkpoint": {"every_n_minutes": None, "every_n_steps": None, "every_epoch": False, "save_best": False},
-        "logging": {"tensorboard": False, "plots": False, "progress": "off"},
+        **timed_sections(steps, BATCH),
     }
 
 
@@ -86,14 +75,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
 
-    from benchmarks.timing import MARKS
-    from taktstock.config.loader import validate
     from taktstock.data.dataset import input_shape
     from taktstock.data.prepare import prepare
     from taktstock.models.registry import build_model
-    from taktstock.training.run import train as run_train
 
-    config = validate(_config(a.workdir, a.steps), {}, "<benchmark>")
+    taktstock = TimedTrain(_config(a.workdir, a.steps), a.workdir / "run", BATCH)
+    config = taktstock.config
     data = prepare(config)
     split = data.split("train")
     # The same ids taktstock trains on, as the list of feature dicts a `datasets.map(tokenize)` would give.
@@ -104,13 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     assert hf_tok.pad_token_id == pad_id
     collate = DataCollatorWithPadding(hf_tok, return_tensors="pt")
     per_run = a.steps * BATCH
-
-    def taktstock() -> tuple[float, int]:
-        run_dir = a.workdir / "run"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            run_train(config, run_dir=run_dir)
-        return MARKS["last_step"] - MARKS["start"], per_run
 
     def hand_written() -> tuple[float, int]:
         torch.manual_seed(0)

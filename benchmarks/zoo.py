@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from torch import nn
 
 from benchmarks.common import Options, Timed, environment, interleaved, print_table, write_json
 from benchmarks.images import _images
+from benchmarks.timing import TimedTrain, timed_sections
 
 BATCH, WORKERS, LR = 64, 2, 1e-3
 BASELINE = "hand-written ImageFolder loop"
@@ -59,41 +58,16 @@ def _config(folder: Path, work: Path, a: argparse.Namespace, freeze: list[str] |
         },
         "model": model,
         "optim": {"name": "adamw", "lr": LR, "weight_decay": 0.0},
-        "train": {
-            "epochs": 1,
-            "max_steps": a.steps,
-            "batch_size": BATCH,
-            "device": a.device,
-            "precision": "bf16" if cuda else "32",
-            "channels_last": cuda,
-            "deterministic": not cuda,  # cuDNN autotuning on CUDA, as in the hand-written loop
-            "log_every_n_steps": 50,
-            "callbacks": ["benchmarks.timing:FitTimer"],
-        },
-        "metrics": {"monitor": "train/loss"},
-        "checkpoint": {"every_n_minutes": None, "every_n_steps": None, "every_epoch": False, "save_best": False},
-        "logging": {"tensorboard": False, "plots": False, "progress": "off"},
+        **timed_sections(
+            a.steps,
+            BATCH,
+            log_every_n_steps=50,
+            device=a.device,
+            precision="bf16" if cuda else "32",
+            channels_last=cuda,
+            deterministic=not cuda,  # cuDNN autotuning on CUDA, as in the hand-written loop
+        ),
     }
-
-
-class Taktstock:
-    """One `train()` of the config in this process; (seconds from the first to the last step, samples)."""
-
-    def __init__(self, raw: dict[str, Any], run_dir: Path) -> None:
-        from taktstock.config.loader import validate
-
-        self.config, self.run_dir = validate(raw, {}, "<benchmark>"), run_dir
-
-    def __call__(self) -> tuple[float, int]:
-        from benchmarks.timing import MARKS
-        from taktstock.training.run import train as run_train
-
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            result = run_train(self.config, run_dir=self.run_dir)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        # FitTimer marks every step after the first's start: steps * batch samples (the last batch may be short).
-        return MARKS["last_step"] - MARKS["start"], result.steps * BATCH
 
 
 class HandWritten:
@@ -177,12 +151,13 @@ def main(argv: list[str] | None = None) -> None:
     a.workdir.mkdir(parents=True, exist_ok=True)
     folder = _images(a.workdir, a.copies)
     mean, std = _statistics(folder, a.workdir, a)  # prepares (and caches) the folder outside every timing
+    # exact=False: without --steps a run is one epoch, and its steps are what both loops count.
     contenders = [
         Timed(BASELINE, HandWritten(folder, mean, std, a)),
-        Timed("taktstock torchvision:resnet18", Taktstock(_config(folder, a.workdir, a), a.workdir / "runs" / "full")),
+        Timed("taktstock torchvision:resnet18", TimedTrain(_config(folder, a.workdir, a), a.workdir / "runs" / "full", BATCH, exact=False)),
     ]
     if not a.no_frozen:
-        frozen = Taktstock(_config(folder, a.workdir, a, freeze=BACKBONE), a.workdir / "runs" / "frozen")
+        frozen = TimedTrain(_config(folder, a.workdir, a, freeze=BACKBONE), a.workdir / "runs" / "frozen", BATCH, exact=False)
         contenders.append(Timed("taktstock, frozen backbone (fc trains)", frozen))
     rows = interleaved(contenders, a.repeats, BASELINE, warmup=not a.quick)
     full = next(r for r in rows if r["contender"] == "taktstock torchvision:resnet18")

@@ -113,14 +113,22 @@ class PreparedData:
 
     def preprocessing(self) -> dict[str, Any]:
         """What predict needs to apply the training-time preprocessing to new inputs."""
-        return {
-            "normalizer": self.normalizer.to_dict(),
-            "input_shape": list(self.input_shape),
-            "num_outputs": self.num_outputs,
-            "class_names": self.class_names,
-            "feature_names": self.feature_names,
-            "spec": {k: v.to_dict() for k, v in self.spec().items()},
-        } | ({"table": self.table} if self.table is not None else {})
+        return normalized_preprocessing(self) | ({"table": self.table} if self.table is not None else {})
+
+
+def normalized_preprocessing(data: Any, **extra: Any) -> dict[str, Any]:
+    """The preprocessing state of a dataset whose inputs are normalised features (`data.normalize`): the
+    normaliser, shapes, outputs and names predict and export read. `extra` keys go before `spec`, so the
+    JSON a run directory holds keeps its key order."""
+    return {
+        "normalizer": data.normalizer.to_dict(),
+        "input_shape": list(data.input_shape),
+        "num_outputs": data.num_outputs,
+        "class_names": data.class_names,
+        "feature_names": data.feature_names,
+        **extra,
+        "spec": {k: v.to_dict() for k, v in data.spec().items()},
+    }
 
 
 def _row_sum(x: np.ndarray, chunk_rows: int, term: Any) -> np.ndarray:
@@ -139,17 +147,22 @@ def _squared_deviation(rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return np.multiply(rows, rows, out=rows)
 
 
-def fingerprint(config: Config, source_fp: str) -> str:
+def split_settings(config: Config, stratify: bool = True) -> dict[str, Any]:
+    """The settings that decide which sample lands in which split (`_split_indices`), as every prepared
+    cache's key names them; `stratify=False` for sources whose split ignores `data.stratify`."""
     d = config.data
+    settings = {"seed": config.seed, "val": d.val_fraction, "test": d.test_fraction}
+    return settings | {"stratify": d.stratify} if stratify else settings
+
+
+def fingerprint(config: Config, source_fp: str) -> str:
+    """Cache key of prepared arrays: the source's content fingerprint and the settings that change the arrays."""
     settings = {
         "version": PREP_VERSION,
         "source": source_fp,
         "task": config.task,
-        "seed": config.seed,
-        "val": d.val_fraction,
-        "test": d.test_fraction,
-        "stratify": d.stratify,
-        "normalize": d.normalize,
+        **split_settings(config),
+        "normalize": config.data.normalize,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

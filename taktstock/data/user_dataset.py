@@ -223,16 +223,10 @@ class UserPrepared:
         return dict(self._spec)
 
     def preprocessing(self) -> dict[str, Any]:
-        return {
-            "normalizer": self.normalizer.to_dict(),
-            "input_shape": list(self.input_shape),
-            "num_outputs": self.num_outputs,
-            "class_names": self.class_names,
-            "feature_names": self.feature_names,
-            # predict rebuilds this dataset from data.kwargs and replays its `features(rows)` hook
-            "dataset": self.source,
-            "spec": {k: v.to_dict() for k, v in self._spec.items()},
-        }
+        from taktstock.data.prepare import normalized_preprocessing
+
+        # predict rebuilds this dataset from data.kwargs and replays its `features(rows)` hook
+        return normalized_preprocessing(self, dataset=self.source)
 
 
 def _label_values(dataset: Any, n: int, source: str, seed: int) -> list[Any]:

@@ -30,6 +30,7 @@ from taktstock.data.images.pixel_cache import FILE as PIXEL_FILE
 from taktstock.data.images.pixel_cache import pixel_bytes, write_pixel_cache
 from taktstock.data.images.stats import channel_stats, sample_positions
 from taktstock.data.images.transforms import check_transforms, sizes_itself
+from taktstock.data.prepare import split_settings
 from taktstock.errors import ConfigError
 
 IMAGE_PREP_VERSION = 1  # bump when the index, split or statistics algorithm changes: invalidates caches
@@ -95,10 +96,7 @@ def cache_settings(config: Config) -> dict[str, Any]:
         "image_column": d.image_column if d.source == "image_csv" else None,
         "target": d.target if d.source == "image_csv" else None,
         "task": config.task,
-        "seed": config.seed,
-        "val": d.val_fraction,
-        "test": d.test_fraction,
-        "stratify": d.stratify,
+        **split_settings(config),
         "normalize": d.normalize,
         "image_size": image_size_of(config),
         "channels": d.channels,

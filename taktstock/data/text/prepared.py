@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,19 +55,19 @@ def _tokenizer_setting(config: Config) -> dict[str, Any]:
 
 def text_fingerprint(config: Config, source_hash: str, kind: str) -> str:
     """Cache key: the source content and every setting that changes the tokens or the split."""
+    from taktstock.data.prepare import split_settings
+
     d = config.data
+    # A corpus splits whole documents by a seeded permutation (split_documents): data.stratify has no say.
     settings = {
         "version": TEXT_PREP_VERSION,
         "kind": kind,
         "source": source_hash,
-        "seed": config.seed,
-        "val": d.val_fraction,
-        "test": d.test_fraction,
+        **split_settings(config, stratify=kind == "text"),
         "tokenizer": _tokenizer_setting(config),
     }
     if kind == "text":
         settings |= {"text_field": d.text_field, "pair": d.text_pair_field, "target": d.target, "max_length": d.max_length}
-        settings |= {"stratify": d.stratify}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -102,6 +102,18 @@ def _cached_meta(path: Path, fp: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if meta.get("fingerprint") == fp else None
+
+
+def _prepared(config: Config, source_hash: str, kind: str, write: Callable[[Path, str], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """The cache directory `<kind>-<fingerprint>` and its meta: reopened when complete, else built by
+    `write(temporary_dir, fingerprint)` and renamed into place."""
+    fp = text_fingerprint(config, source_hash, kind)
+    cache = Path(config.data.cache_dir) / f"{kind}-{fp}"
+    meta = _cached_meta(cache, fp)
+    if meta is None:
+        with _CacheWriter(cache) as tmp:
+            meta = write(tmp, fp)
+    return cache, meta
 
 
 # ---------------------------------------------------------------------------------------------- classification
@@ -175,15 +187,13 @@ def prepare_text_classification(config: Config) -> TextClassificationData:
         raise ConfigError("data.path: required for data.source=text")
     path = Path(d.path)
     source_hash = _file_hash(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]) if path.exists() else ""
-    fp = text_fingerprint(config, source_hash, "text")
-    cache = Path(d.cache_dir) / f"text-{fp}"
-    meta = _cached_meta(cache, fp)
-    if meta is None:
+
+    def write(tmp: Path, fp: str) -> dict[str, Any]:
         records = read_records(path, d.text_field, d.target, d.text_pair_field)
         y, classes = _targets([str(t) for t in records.targets], config)
-        parts = _split_indices(config, y)
-        with _CacheWriter(cache) as tmp:
-            meta = _write_classification(config, records, y, classes, parts, tmp, fp)
+        return _write_classification(config, records, y, classes, _split_indices(config, y), tmp, fp)
+
+    cache, meta = _prepared(config, source_hash, "text", write)
     # pad_to_multiple_of only shapes batches, so it is not part of the cache key.
     meta = meta | {"pad_to_multiple_of": d.pad_to_multiple_of}
     return TextClassificationData(cache, meta, config.seed)
@@ -337,12 +347,7 @@ def prepare_corpus(config: Config) -> LanguageModelingData:
     if not d.path:
         raise ConfigError("data.path: required for data.source=corpus (a file, a folder or a glob of text files)")
     files = corpus_files(d.path)
-    fp = text_fingerprint(config, _file_hash(files), "corpus")
-    cache = Path(d.cache_dir) / f"corpus-{fp}"
-    meta = _cached_meta(cache, fp)
-    if meta is None:
-        with _CacheWriter(cache) as tmp:
-            meta = _write_corpus(config, files, tmp, fp)
+    cache, meta = _prepared(config, _file_hash(files), "corpus", lambda tmp, fp: _write_corpus(config, files, tmp, fp))
     return LanguageModelingData(cache, meta, config.seed, d.block_size)
 
 
