@@ -218,3 +218,24 @@ def test_eviction_is_lru_skips_held_and_window_shards_and_removes_dead_downloads
     other = split / "shard.00006.mds"
     writer.download(lambda: other.write_bytes(b"o" * 100), other, 100, protect=[])
     assert not shards[0].exists()  # released: now it is the least recently used and evictable
+
+
+def test_two_ranks_share_one_limited_cache_and_train_as_with_an_unlimited_one(digits: dict[str, Path], s3: dict[str, Any]) -> None:
+    """`--nproc-per-node 2` on one limited cache: both ranks download and evict in the same folder, each reading its
+    own slice of every block; the limit holds throughout and the run is the unlimited two-process run bit for bit."""
+    root = digits["root"]
+    limit = 2 * _minimum(digits["shards"], s3["remote"])  # each rank holds its own window of two blocks
+    log, cache, unlimited = root / "ddp.cache.jsonl", root / "cache_ddp", root / "cache_ddp_unlimited"
+    for name, data, env in (
+        ("ddp_unlimited", {"path": str(unlimited)}, s3["env"]),
+        ("ddp_limited", {"path": str(cache), "cache_limit": limit}, s3["env"] | {LOG_ENV: str(log)}),
+    ):
+        cfg = write_config(root / f"{name}.yaml", _config(remote=s3["remote"], **data))
+        rc, out = test_mds._cli(root, name, "train", str(cfg), "--run-dir", str(root / name), "--nproc-per-node", "2", env=env)
+        assert rc == 0, out
+    for file in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
+        assert (root / "ddp_limited" / file).read_bytes() == (root / "ddp_unlimited" / file).read_bytes(), file
+    events = _log(log)
+    assert sum(e["event"] == "evict" for e in events) > 10, events  # the cache really turned over
+    assert max(e["bytes"] for e in events) <= limit, events
+    assert cache_bytes(cache) <= limit < cache_bytes(unlimited) and not list(cache.glob("*/.*.tmp"))
