@@ -63,10 +63,11 @@ def build_epoch_metrics(config: Config, num_outputs: int, device: torch.device, 
     return EpochMetrics(config, num_outputs, device, prefix)
 
 
-def _new_stats(task: str, num_classes: int, device: torch.device) -> Any:
+def _new_stats(task: str, num_outputs: int, device: torch.device) -> Any:
     from taktstock.metrics.sufficient import ConfusionCounts, RegressionSums
 
-    return ConfusionCounts(num_classes, device) if task == "classification" else RegressionSums(device)
+    # Regression: one column per output from the start, so a rank that sees no batch still all-reduces the same shape.
+    return ConfusionCounts(max(num_outputs, 2), device) if task == "classification" else RegressionSums(device, max(num_outputs, 1))
 
 
 class EpochMetrics:
@@ -89,7 +90,8 @@ class EpochMetrics:
         # sum(w_y) instead of their size gives exactly the loss over the whole split.
         weights = config.loss.class_weights if config.loss.name == "cross_entropy" else None
         self.class_weights = None if weights is None else torch.tensor(weights, dtype=torch.float64, device=device)
-        self.stats = _new_stats(self.task, self.num_classes, device)
+        self.num_outputs = num_outputs
+        self.stats = _new_stats(self.task, num_outputs, device)
         self._loss = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of batch loss x weight, weight)
         self._task_updates = 0
         self._summed = False  # compute() has added up the ranks' states
@@ -174,7 +176,7 @@ class EpochMetrics:
         return self.stats.matrix()
 
     def reset(self) -> None:
-        self.stats = _new_stats(self.task, self.num_classes, self.device)
+        self.stats = _new_stats(self.task, self.num_outputs, self.device)
         self._loss.zero_()
         self._task_updates = 0
         self._summed = False
