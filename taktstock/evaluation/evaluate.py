@@ -13,7 +13,7 @@ from taktstock.config.loader import load_config
 from taktstock.data.loaders import eval_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError
-from taktstock.metrics.collection import build_epoch_metrics
+from taktstock.metrics.collection import EpochMetrics, build_epoch_metrics
 from taktstock.run_dir import RunDir
 from taktstock.training.components import step_fn_for
 from taktstock.training.eval_loop import run_eval
@@ -53,7 +53,6 @@ def evaluate(
     if len(part) == 0:
         raise ConfigError(f"--split: the {split} split is empty (see data.{split}_fraction)")
     metrics = build_epoch_metrics(config, data.num_outputs, device, prefix=split)
-    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
     size = config.train.eval_batch_size or config.train.batch_size
     values = run_eval(
         model,
@@ -63,12 +62,11 @@ def evaluate(
         device,
         autocast_factory(config.train.precision, device),
         step_fn_for(config.train),
-        collect=outputs if config.task == "classification" else None,  # per-class report only; LM logits would be vocab x tokens
     )
     run.eval_dir.mkdir(parents=True, exist_ok=True)
     (run.eval_dir / "metrics.json").write_text(json.dumps({"split": split, "checkpoint": checkpoint, "metrics": values}, indent=2))
-    if config.task == "classification" and outputs:
-        _classification_report(run, data.class_names, metrics.num_classes, outputs, split)
+    if config.task == "classification" and f"{split}/acc" in values:  # a loss-only custom step has no counts
+        _classification_report(run, data.class_names, metrics, split)
     from taktstock.tracking.mlflow import log_evaluation
 
     log_evaluation(run, config, values, split)  # into the training run's MLflow run, if it has one
@@ -80,29 +78,18 @@ def evaluate(
     return values
 
 
-def _classification_report(
-    run: RunDir, class_names: list[str], n: int, outputs: list[tuple[torch.Tensor, torch.Tensor]], split: str
-) -> None:
-    from torchmetrics.functional.classification import (
-        multiclass_confusion_matrix,
-        multiclass_f1_score,
-        multiclass_precision,
-        multiclass_recall,
-    )
-
-    from taktstock.metrics.collection import class_scores
+def _classification_report(run: RunDir, class_names: list[str], metrics: EpochMetrics, split: str) -> None:
+    """report.json (per-class precision, recall, f1, support) and the confusion matrix plot, from the pass's counts."""
+    from taktstock.metrics.sufficient import per_class_scores
     from taktstock.tracking.plots import confusion_matrix
 
-    scores = class_scores(torch.cat([o for o, _ in outputs]))
-    target = torch.cat([t for _, t in outputs])
+    n = metrics.num_classes
+    tp, fp, fn = metrics.confusion()
+    per_class = per_class_scores(tp, fp, fn)
+    support = tp + fn
     names = class_names if len(class_names) == n else [str(i) for i in range(n)]
-    per_class = {
-        "precision": multiclass_precision(scores, target, n, average=None),
-        "recall": multiclass_recall(scores, target, n, average=None),
-        "f1": multiclass_f1_score(scores, target, n, average=None),
-    }
-    support = torch.bincount(target, minlength=n)
     report = {name: {k: float(v[i]) for k, v in per_class.items()} | {"support": int(support[i])} for i, name in enumerate(names)}
     (run.eval_dir / "report.json").write_text(json.dumps(report, indent=2))
-    matrix = multiclass_confusion_matrix(scores, target, n).numpy()
-    confusion_matrix(matrix, names, run.eval_dir / "confusion_matrix.png", f"{split} confusion matrix")
+    matrix = metrics.confusion_matrix()
+    if matrix is not None:  # kept up to MATRIX_MAX_CLASSES classes (metrics/sufficient.py)
+        confusion_matrix(matrix.numpy(), names, run.eval_dir / "confusion_matrix.png", f"{split} confusion matrix")

@@ -1,4 +1,4 @@
-"""Epoch-level metrics computed with torchmetrics."""
+"""Whole-split metrics from exact counts and sums on the device; torchmetrics only for `metrics.extra`."""
 
 from taktstock.metrics.collection import EpochMetrics, metric_names
 

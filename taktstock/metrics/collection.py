@@ -63,12 +63,20 @@ def build_epoch_metrics(config: Config, num_outputs: int, device: torch.device, 
     return EpochMetrics(config, num_outputs, device, prefix)
 
 
-class EpochMetrics:
-    """Loss and task metrics over a whole pass through a split.
+def _new_stats(task: str, num_outputs: int, device: torch.device) -> Any:
+    from taktstock.metrics.sufficient import ConfusionCounts, RegressionSums
 
-    The torchmetrics objects are built on first use: importing torchmetrics (with scipy and
-    matplotlib behind it) costs ~0.6 s, which would otherwise delay the first training step.
-    User metric classes (metrics.extra) are resolved here, so a bad import path fails at start.
+    # Regression: one column per output from the start, so a rank that sees no batch still all-reduces the same shape.
+    return ConfusionCounts(max(num_outputs, 2), device) if task == "classification" else RegressionSums(device, max(num_outputs, 1))
+
+
+class EpochMetrics:
+    """Loss and task metrics over a whole pass through a split: `reset()`, `update()` per batch, `compute()`.
+
+    The built-in metrics come from exact counts and sums kept on the device (`metrics/sufficient.py`), so a run
+    without `metrics.extra` never imports torchmetrics (~5.6 s with torchvision and transformers installed).
+    User metric classes (metrics.extra) are torchmetrics objects, built here so a bad import path fails at
+    start. In a multi-process run every rank evaluates its shard and `compute()` adds the shards up.
     """
 
     def __init__(self, config: Config, num_outputs: int, device: torch.device, prefix: str = "val") -> None:
@@ -78,71 +86,102 @@ class EpochMetrics:
         self.task = config.task
         self.device = device
         self.num_classes = max(num_outputs, 2) if self.task == "classification" else 0
-        self._extra_paths = list(config.metrics.extra)
         # A class-weighted cross-entropy batch value is sum(w_y * l) / sum(w_y): averaging batches by
         # sum(w_y) instead of their size gives exactly the loss over the whole split.
         weights = config.loss.class_weights if config.loss.name == "cross_entropy" else None
         self.class_weights = None if weights is None else torch.tensor(weights, dtype=torch.float64, device=device)
-        self._built = False
+        self.num_outputs = num_outputs
+        self.stats = _new_stats(self.task, num_outputs, device)
+        self._loss = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of batch loss x weight, weight)
         self._task_updates = 0
-        if self._extra_paths:  # user metric classes are checked at start, not at the first validation
-            self._build()
+        self._summed = False  # compute() has added up the ranks' states
+        self.extra: Any = None  # a torchmetrics MetricCollection of metrics.extra, only when configured
+        if config.metrics.extra:
+            import torchmetrics
 
-    def _build(self) -> None:
-        import torchmetrics
-        from torchmetrics import classification as C
-        from torchmetrics import regression as R
-
-        self.loss = torchmetrics.MeanMetric().to(self.device)
-        metrics: dict[str, Any]
-        if self.task == "classification":
-            common = {"num_classes": self.num_classes, "validate_args": False}
-            metrics = {
-                "acc": C.MulticlassAccuracy(average="micro", **common),
-                "f1": C.MulticlassF1Score(average="macro", **common),
-                "precision": C.MulticlassPrecision(average="macro", **common),
-                "recall": C.MulticlassRecall(average="macro", **common),
+            extra = {
+                path.rpartition(":")[2].lower(): build_extra_metric(path, self.task, self.num_classes) for path in config.metrics.extra
             }
-        else:
-            metrics = {"mse": R.MeanSquaredError(), "mae": R.MeanAbsoluteError(), "r2": R.R2Score()}
-        for path in self._extra_paths:
-            metrics[path.rpartition(":")[2].lower()] = build_extra_metric(path, self.task, self.num_classes)
-        self.metrics = torchmetrics.MetricCollection(metrics).to(self.device)
-        self._built = True
+            self.extra = torchmetrics.MetricCollection(extra).to(device)
 
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        if not self._built:
-            self._build()
         output, target = real_positions(output, target)
-        weight = target.shape[0] if self.class_weights is None else self.class_weights[target].sum()
-        self.loss.update(loss.detach(), weight=weight)
         out = output.detach().float()
         if self.task == "classification":
-            self.metrics.update(class_scores(out), target)
+            self._add_loss(loss, self._class_weight(target))
+            scores = class_scores(out)
+            self.stats.update(scores, target)
+            if self.extra is not None:
+                self.extra.update(scores, target)
         else:
-            self.metrics.update(out.reshape(target.shape), target.float())
+            self._add_loss(loss, target.shape[0])
+            pred = out.reshape(target.shape)
+            self.stats.update(pred, target)
+            if self.extra is not None:
+                self.extra.update(pred, target.float())
         self._task_updates += 1
 
     def update_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """A custom step that returns only the loss: the split's loss is still tracked."""
-        if not self._built:
-            self._build()
-        self.loss.update(loss.detach(), weight=batch_size)
+        self._add_loss(loss, batch_size)
+
+    def _class_weight(self, target: torch.Tensor) -> torch.Tensor:
+        """The weight of a batch's mean loss: its labels that count (not -100), or their sum of class weights."""
+        from taktstock.metrics.tokens import IGNORE_INDEX
+
+        counted = target != IGNORE_INDEX
+        if self.class_weights is None:
+            return counted.sum()
+        return (self.class_weights[target.clamp(min=0)] * counted).sum()
+
+    def _add_loss(self, loss: torch.Tensor, weight: torch.Tensor | int) -> None:
+        import torch
+
+        weight = torch.as_tensor(weight, dtype=torch.float64, device=self.device)
+        # A non-finite batch loss makes the split's loss non-finite (torchmetrics' MeanMetric dropped it with a warning).
+        self._loss += torch.stack([loss.detach().double().reshape(()) * weight, weight])
 
     def compute(self) -> dict[str, float]:
-        if not self._built:
-            self._build()
-        values = {"loss": self.loss.compute()}
+        """`<prefix>/<name>` over the whole split (every rank's shard), as Python floats."""
+        if not self._summed:
+            self._sum_over_ranks()
+            self._summed = True
+        total, weight = self._loss.tolist()
+        values = {"loss": total / weight if weight else float("nan")}
         if self._task_updates:  # no outputs/targets seen (loss-only custom step): no task metrics
-            values |= dict(self.metrics.compute())
+            values |= self.stats.scores()
+            if self.extra is not None:  # torchmetrics adds these up across ranks itself
+                values |= {k: float(v) for k, v in self.extra.compute().items()}
         return {f"{self.prefix}/{k}": float(v) for k, v in values.items()}
 
+    def _sum_over_ranks(self) -> None:
+        """Replace this rank's loss sums, counts and number of task updates by their sums over all ranks."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        updates = torch.tensor([self._task_updates], dtype=torch.float64, device=self.device)
+        flat = torch.cat([self._loss, updates, self.stats.state().double()])  # int64 counts are exact in float64 below 2**53
+        dist.all_reduce(flat)  # every rank calls compute(): one collective, in the same order everywhere
+        self._loss, self._task_updates = flat[:2].clone(), int(flat[2])
+        self.stats.load(flat[3:])
+
+    def confusion(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-class (tp, fp, fn), int64 on the CPU, of the pass `compute()` summed (classification only)."""
+        return self.stats.tp_fp_fn()
+
+    def confusion_matrix(self) -> torch.Tensor | None:
+        """The (C, C) confusion matrix (rows true, columns predicted); None above MATRIX_MAX_CLASSES classes."""
+        return self.stats.matrix()
+
     def reset(self) -> None:
-        if not self._built:
-            self._build()
-        self.loss.reset()
-        self.metrics.reset()
+        self.stats = _new_stats(self.task, self.num_outputs, self.device)
+        self._loss.zero_()
         self._task_updates = 0
+        self._summed = False
+        if self.extra is not None:
+            self.extra.reset()
 
 
 def build_extra_metric(path: str, task: str, num_classes: int) -> Any:

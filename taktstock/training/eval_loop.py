@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taktstock.metrics.collection import EpochMetrics, real_positions
+from taktstock.metrics.collection import EpochMetrics
 from taktstock.training.step import StepFn, batch_size_of, normalize_step_output, to_device
 
 
@@ -21,7 +21,6 @@ def run_eval(
     autocast: Callable[[], Any],
     step_fn: StepFn,
     channels_last: bool = False,
-    collect: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Metrics over the whole split (not per-batch averages). Restores train mode afterwards."""
     was_training = model.training
@@ -34,9 +33,6 @@ def run_eval(
                 loss, out, target = normalize_step_output(step_fn(model, batch, loss_fn), batch)
             if out is not None and target is not None:
                 metrics.update(out, target, loss)
-                if collect is not None:
-                    out, target = real_positions(out, target)
-                    collect.append((out.detach().float().cpu(), target.cpu()))
             else:
                 metrics.update_loss(loss, batch_size_of(batch))
     model.train(was_training)
