@@ -337,3 +337,14 @@ def test_optunas_retry_callback_is_made_without_a_deprecation_warning() -> None:
     code = "from taktstock.tuning.study import retry_callback; retry_callback()"
     proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- a walk of the guides on today's main (docs/*.md) -----------------------------------------------------
+
+
+def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path, trained: dict[str, Any]) -> None:
+    # PyTorch 2.14 warns four times (trace, trace_method, save, load) that TorchScript is deprecated.
+    out = tmp_path / "model.pt"
+    proc = run_cli("export", str(trained["run"]), "--format", "torchscript", "--out", str(out), cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "Warning" not in proc.stderr, proc.stderr
