@@ -231,3 +231,12 @@ def test_every_yaml_example_in_the_guides_is_a_valid_experiment(monkeypatch: pyt
         checked += 1
     assert not failures, "\n".join(failures)
     assert checked >= 20, checked
+
+
+def test_the_guides_name_every_built_in_model() -> None:
+    from taktstock.models.zoo import list_models
+
+    builtin = list_models("builtin")
+    for guide, pattern in [("README.md", r"`model\.name` \((.*?)`torchvision"), ("docs/getting-started.md", r"Built-in models.*?: (.*?);")]:
+        listed = re.findall(r"`([a-z_]+)`", re.search(pattern, (REPO / guide).read_text(), re.S).group(1))
+        assert sorted(listed) == sorted(builtin), (guide, listed)

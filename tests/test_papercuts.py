@@ -348,3 +348,30 @@ def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path, train
     proc = run_cli("export", str(trained["run"]), "--format", "torchscript", "--out", str(out), cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "Warning" not in proc.stderr, proc.stderr
+
+
+def test_a_missing_date_written_nat_is_a_gap_for_predict_and_the_mlflow_input_example(tmp_path: Path) -> None:
+    # pandas writes a missing timestamp as "NaT", and so does MLflow's JSON serving input made from the registered
+    # table model's input example: `promote` printed "Failed to validate serving input example ... 'NaT'".
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 120
+    label = rng.integers(0, 2, n)
+    frame = pd.DataFrame(
+        {
+            "size": label * 2.0 + rng.normal(0, 0.5, n),
+            "seen": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400, n), unit="D"),
+            "label": np.where(label == 1, "big", "small"),
+        }
+    )
+    frame.to_parquet(tmp_path / "t.parquet")
+    config = tiny_config(data={"source": "parquet", "path": "t.parquet", "target": "label"}, train={"epochs": 1, "batch_size": 32})
+    write_config(tmp_path / "c.yaml", config)
+    assert run_cli("train", "c.yaml", "--run-dir", "run", cwd=tmp_path, env=ONE_THREAD).returncode == 0
+    rows = "size,seen\n1.5,2024-03-01\n0.1,NaT\n"
+    (tmp_path / "rows.csv").write_text(rows)
+    proc = run_cli("predict", "run", "rows.csv", cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 3  # header and two predictions

@@ -54,6 +54,9 @@ def _onnx(loaded: LoadedRun, x: tuple[torch.Tensor, ...], expected: torch.Tensor
     batch = torch.export.Dim("batch")  # one dimension shared by every input: they hold the same rows
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
+        # Several inputs (an index-encoded table's numeric and categorical parts) share the one batch
+        # dimension on purpose; the exporter warns that it keeps only one of their identical names.
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
         torch.onnx.export(
             loaded.model,
             x,
