@@ -350,7 +350,7 @@ def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path, train
     assert out.is_file() and "Warning" not in proc.stderr, proc.stderr
 
 
-def test_a_missing_date_written_nat_is_a_gap_for_predict_and_the_mlflow_input_example(tmp_path: Path) -> None:
+def test_a_missing_date_written_nat_is_a_gap_for_predict_and_promote_registers_the_table_model_quietly(tmp_path: Path) -> None:
     # pandas writes a missing timestamp as "NaT", and so does MLflow's JSON serving input made from the registered
     # table model's input example: `promote` printed "Failed to validate serving input example ... 'NaT'".
     import numpy as np
@@ -375,3 +375,11 @@ def test_a_missing_date_written_nat_is_a_gap_for_predict_and_the_mlflow_input_ex
     proc = run_cli("predict", "run", "rows.csv", cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 3  # header and two predictions
+    # The registered pyfunc: its input example (a row of gaps) passes MLflow's serving check; the model is stored as
+    # code, not pickled (MLflow warns about CloudPickle otherwise); no artifact progress bars in the log.
+    proc = run_cli("promote", "run", cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "promoted to champion" in log
+    for noise in ("Failed to validate serving input example", "CloudPickle", "Downloading artifacts"):
+        assert noise not in log, log
