@@ -383,3 +383,47 @@ def test_a_missing_date_written_nat_is_a_gap_for_predict_and_promote_registers_t
     assert "promoted to champion" in log
     for noise in ("Failed to validate serving input example", "CloudPickle", "Downloading artifacts"):
         assert noise not in log, log
+
+
+TEXT_LABELS = '''
+import csv
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+class Rows(Dataset):
+    """docs/custom-code.md's "Predicting on raw rows" dataset: items are (features, "class name")."""
+
+    def __init__(self, path: str = "rows.csv"):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.x, self.labels = self.features(rows), [r["label"] for r in rows]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.x[i], self.labels[i]
+
+    def features(self, rows):
+        return np.array([[float(r["a"]), float(r["b"])] for r in rows], dtype=np.float32)
+'''
+
+
+def test_a_user_dataset_whose_items_have_text_labels_trains_and_predicts(tmp_path: Path) -> None:
+    # The guide says class labels may be strings; an item `(x, "big")` was a traceback (torch.as_tensor of a str).
+    (tmp_path / "textlabels.py").write_text(TEXT_LABELS)
+    lines = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'big' if i % 7 > 3 else 'small'}" for i in range(90)]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    config = tiny_config(data={"source": "textlabels:Rows"}, train={"epochs": 1, "batch_size": 16})
+    write_config(tmp_path / "c.yaml", config)
+    proc = run_cli("train", "c.yaml", "--run-dir", "run", cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "preprocessing.json").read_text())["class_names"] == ["big", "small"]
+    out = run_cli("predict", "run", "rows.csv", cwd=tmp_path, env=ONE_THREAD)
+    assert out.returncode == 0, out.stderr
+    predicted = [line.split(",")[0] for line in out.stdout.strip().splitlines()[1:]]
+    assert len(predicted) == 90 and set(predicted) <= {"big", "small"}
+    regression = run_cli("train", "c.yaml", "loss.name=mse", "metrics.monitor=val/loss", cwd=tmp_path, env=ONE_THREAD)
+    assert "text targets" in _clean_error(regression)
