@@ -427,3 +427,23 @@ def test_a_user_dataset_whose_items_have_text_labels_trains_and_predicts(tmp_pat
     assert len(predicted) == 90 and set(predicted) <= {"big", "small"}
     regression = run_cli("train", "c.yaml", "loss.name=mse", "metrics.monitor=val/loss", cwd=tmp_path, env=ONE_THREAD)
     assert "text targets" in _clean_error(regression)
+
+
+@pytest.mark.timeout(600)
+def test_dvc_repro_runs_in_a_new_project_and_exp_show_has_its_test_metrics(tmp_path: Path) -> None:
+    # The template's prepare stage declared data/prepared, which a Dataset class never writes (nothing is cached):
+    # `dvc repro` failed with "output 'data/prepared' does not exist" in every `taktstock new` project.
+    run_cli("new", "proj", cwd=tmp_path, check=True)
+    project = tmp_path / "proj"
+    config = project / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 30", "epochs: 1"))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    env = cli_env(OMP_NUM_THREADS="1")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # the stages' `python`
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"]
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], ["git", "add", "-A"], commit):  # exp show needs a commit
+        subprocess.run(cmd, cwd=project, env=env, check=True, timeout=120)
+    proc = subprocess.run([dvc, "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shown = subprocess.run([dvc, "exp", "show", "--json"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert '"test/acc": ' in shown.stdout, shown.stdout[-2000:] + shown.stderr
