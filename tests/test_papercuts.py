@@ -337,3 +337,113 @@ def test_optunas_retry_callback_is_made_without_a_deprecation_warning() -> None:
     code = "from taktstock.tuning.study import retry_callback; retry_callback()"
     proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- a walk of the guides on today's main (docs/*.md) -----------------------------------------------------
+
+
+def test_torchscript_export_prints_no_deprecation_warnings(tmp_path: Path, trained: dict[str, Any]) -> None:
+    # PyTorch 2.14 warns four times (trace, trace_method, save, load) that TorchScript is deprecated.
+    out = tmp_path / "model.pt"
+    proc = run_cli("export", str(trained["run"]), "--format", "torchscript", "--out", str(out), cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "Warning" not in proc.stderr, proc.stderr
+
+
+def test_a_missing_date_written_nat_is_a_gap_for_predict_and_promote_registers_the_table_model_quietly(tmp_path: Path) -> None:
+    # pandas writes a missing timestamp as "NaT", and so does MLflow's JSON serving input made from the registered
+    # table model's input example: `promote` printed "Failed to validate serving input example ... 'NaT'".
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 120
+    label = rng.integers(0, 2, n)
+    frame = pd.DataFrame(
+        {
+            "size": label * 2.0 + rng.normal(0, 0.5, n),
+            "seen": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 400, n), unit="D"),
+            "label": np.where(label == 1, "big", "small"),
+        }
+    )
+    frame.to_parquet(tmp_path / "t.parquet")
+    config = tiny_config(data={"source": "parquet", "path": "t.parquet", "target": "label"}, train={"epochs": 1, "batch_size": 32})
+    write_config(tmp_path / "c.yaml", config)
+    assert run_cli("train", "c.yaml", "--run-dir", "run", cwd=tmp_path, env=ONE_THREAD).returncode == 0
+    rows = "size,seen\n1.5,2024-03-01\n0.1,NaT\n"
+    (tmp_path / "rows.csv").write_text(rows)
+    proc = run_cli("predict", "run", "rows.csv", cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 3  # header and two predictions
+    # The registered pyfunc: its input example (a row of gaps) passes MLflow's serving check; the model is stored as
+    # code, not pickled (MLflow warns about CloudPickle otherwise); no artifact progress bars in the log.
+    proc = run_cli("promote", "run", cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "promoted to champion" in log
+    for noise in ("Failed to validate serving input example", "CloudPickle", "Downloading artifacts"):
+        assert noise not in log, log
+
+
+TEXT_LABELS = '''
+import csv
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+class Rows(Dataset):
+    """docs/custom-code.md's "Predicting on raw rows" dataset: items are (features, "class name")."""
+
+    def __init__(self, path: str = "rows.csv"):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.x, self.labels = self.features(rows), [r["label"] for r in rows]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.x[i], self.labels[i]
+
+    def features(self, rows):
+        return np.array([[float(r["a"]), float(r["b"])] for r in rows], dtype=np.float32)
+'''
+
+
+def test_a_user_dataset_whose_items_have_text_labels_trains_and_predicts(tmp_path: Path) -> None:
+    # The guide says class labels may be strings; an item `(x, "big")` was a traceback (torch.as_tensor of a str).
+    (tmp_path / "textlabels.py").write_text(TEXT_LABELS)
+    lines = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'big' if i % 7 > 3 else 'small'}" for i in range(90)]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    config = tiny_config(data={"source": "textlabels:Rows"}, train={"epochs": 1, "batch_size": 16})
+    write_config(tmp_path / "c.yaml", config)
+    proc = run_cli("train", "c.yaml", "--run-dir", "run", cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run" / "preprocessing.json").read_text())["class_names"] == ["big", "small"]
+    out = run_cli("predict", "run", "rows.csv", cwd=tmp_path, env=ONE_THREAD)
+    assert out.returncode == 0, out.stderr
+    predicted = [line.split(",")[0] for line in out.stdout.strip().splitlines()[1:]]
+    assert len(predicted) == 90 and set(predicted) <= {"big", "small"}
+    regression = run_cli("train", "c.yaml", "loss.name=mse", "metrics.monitor=val/loss", cwd=tmp_path, env=ONE_THREAD)
+    assert "text targets" in _clean_error(regression)
+
+
+@pytest.mark.timeout(600)
+def test_dvc_repro_runs_in_a_new_project_and_exp_show_has_its_test_metrics(tmp_path: Path) -> None:
+    # The template's prepare stage declared data/prepared, which a Dataset class never writes (nothing is cached):
+    # `dvc repro` failed with "output 'data/prepared' does not exist" in every `taktstock new` project.
+    run_cli("new", "proj", cwd=tmp_path, check=True)
+    project = tmp_path / "proj"
+    config = project / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 30", "epochs: 1"))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    env = cli_env(OMP_NUM_THREADS="1")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # the stages' `python`
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"]
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], ["git", "add", "-A"], commit):  # exp show needs a commit
+        subprocess.run(cmd, cwd=project, env=env, check=True, timeout=120)
+    proc = subprocess.run([dvc, "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shown = subprocess.run([dvc, "exp", "show", "--json"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert '"test/acc": ' in shown.stdout, shown.stdout[-2000:] + shown.stderr

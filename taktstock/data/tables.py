@@ -114,6 +114,11 @@ def _as_timestamp(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
     if pa.types.is_timestamp(column.type):
         return column
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        # Dates as text: pandas spells a missing timestamp "NaT" (so does MLflow's JSON serving input, which the
+        # registry also uses to check the input example); it is a gap, as an empty cell is.
+        gap = pc.is_in(pc.utf8_trim_whitespace(column), value_set=pa.array(["", "NaT"]))
+        column = pc.if_else(gap, pa.scalar(None, column.type), column)
     return pc.cast(column, pa.timestamp("s"))
 
 

@@ -128,12 +128,17 @@ def check_item(item: Any, source: str) -> Any:
                 f"data.source: items of {source} are dicts without a 'labels' field (got {', '.join(map(str, item))}); "
                 "put the target under 'labels' (see docs/custom-code.md)"
             )
-        return to_tensor(item)
+        return {k: v if k == "labels" and _is_text(v) else to_tensor(v) for k, v in item.items()}
     if isinstance(item, (tuple, list)) and len(item) == 2:
-        return (to_tensor(item[0]), to_tensor(item[1]))
+        return (to_tensor(item[0]), item[1] if _is_text(item[1]) else to_tensor(item[1]))
     raise ConfigError(
         f"data.source: items of {source} must be (inputs, target) pairs or dicts with a 'labels' field, got {type(item).__name__}"
     )
+
+
+def _is_text(value: Any) -> bool:
+    """A class name as the item gives it ("cat"): mapped to its class id by `UserSplit._label`, never a tensor."""
+    return isinstance(value, (str, np.str_))
 
 
 def _label_key(target: Any) -> str:
@@ -175,10 +180,12 @@ class UserPrepared:
         labels = probe[1] if isinstance(probe, tuple) else probe["labels"]
         names = [str(c) for c in getattr(train, "classes", []) or []]
         label_index = None
-        if config.task == "classification" and labels.ndim == 0:
+        if _is_text(labels) and config.task != "classification":
+            raise ConfigError(f"data.task: {src} gives text targets ({labels!r}), which only classification can use")
+        if config.task == "classification" and np.ndim(labels) == 0:
             values = [v for s in order for v in _label_values(datasets[s], sizes[s], src, config.seed)]
             y, found = _targets(values, config)
-            if any(str(v) != str(i) for v, i in zip(values, y.tolist(), strict=True)):
+            if _is_text(labels) or any(str(v) != str(i) for v, i in zip(values, y.tolist(), strict=True)):
                 label_index = {str(v): int(i) for v, i in zip(values, y.tolist(), strict=True)}
             self.num_outputs = 1 if config.loss.name == "bce_with_logits" else int(y.max()) + 1
             self.class_names = names or found
@@ -190,7 +197,7 @@ class UserPrepared:
             self.class_names = names or [str(i) for i in range(self.num_outputs)]
         else:
             y, self.num_outputs, self.class_names = np.zeros(n, np.float32), 1, []
-        if labels.ndim != 0:  # sequence or vector targets cannot be stratified
+        if np.ndim(labels) != 0:  # sequence or vector targets cannot be stratified
             config = config.model_copy(update={"data": config.data.model_copy(update={"stratify": False})})
         # Given splits are used whole, in the dataset's order; data.val_fraction/test_fraction do not apply.
         parts = {s: np.arange(sizes[s]) for s in SPLITS} if given else _split_indices(config, y)

@@ -20,7 +20,7 @@ from typing import Any
 from taktstock.errors import ConfigError, UserError
 from taktstock.pipelines.paths import promote_metric
 from taktstock.run_dir import RunDir
-from taktstock.tracking.mlflow import artifact_location, tracking_uri_for
+from taktstock.tracking.mlflow import artifact_location, bound_http_retries, tracking_uri_for
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_METRIC, TAG_VALUE, TAG_RUN_DIR = "taktstock.metric", "taktstock.metric_value", "taktstock.run_dir"
@@ -92,6 +92,7 @@ def model_name(config: Any) -> str:
 
 
 def _promote(run: RunDir, config: Any, metric: str, mode: str, metrics: dict[str, float], value: float, uri: str) -> Promotion:
+    bound_http_retries()  # as for training: a dead server costs seconds, and no progress bars in the log
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

@@ -76,7 +76,7 @@ def log_table_model(loaded: LoadedRun, run_dir: str | Path, registered_model_nam
         save_weights(loaded.model.model, files.best)
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=TableRowsModel(),
+            python_model=str(Path(__file__).with_name("mlflow_table_entry.py")),  # models from code: nothing pickled
             artifacts={"run": str(files.root)},
             input_example=example,
             signature=signature,

@@ -15,8 +15,9 @@ def _client(config: Config) -> tuple[Any, str]:
         from taktstock.errors import UserError
 
         raise UserError("logging.mlflow.enabled needs MLflow: pip install 'taktstock[mlflow]'") from None
-    from taktstock.tracking.mlflow import tracking_uri_for
+    from taktstock.tracking.mlflow import bound_http_retries, tracking_uri_for
 
+    bound_http_retries()
     uri = tracking_uri_for(config)
     return MlflowClient(tracking_uri=uri), uri
 
