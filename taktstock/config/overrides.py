@@ -180,4 +180,7 @@ def drop_stale_arguments(before: dict[str, Any], data: dict[str, Any], overridde
             del data[section][key]
         if stale:
             dropped = ", ".join(f"{section}.{k}" for k in stale)
-            print(f"note: {section}.name={new}: dropped {dropped} ({new} does not take them)", file=sys.stderr)
+            print(
+                f"note: {section}.name={new}: dropped {dropped} ({new} does not take {'it' if len(stale) == 1 else 'them'})",
+                file=sys.stderr,
+            )
