@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO, cli_env, run_cli
@@ -48,6 +50,13 @@ def test_new_project_trains_evaluates_and_passes_its_own_tests(tmp_path: Path, e
     metrics = json.loads((runs[0] / "eval" / "metrics.json").read_text())["metrics"]
     if example == "regression":
         assert metrics["test/r2"] > 0.3, metrics
+        # predict reports disease progression in the CSV's unit: the dataset's predictions(values) undoes target_scale.
+        rows = project / "data" / "processed" / "diabetes.csv"
+        out = run_cli("predict", str(runs[0]), str(rows), cwd=project, check=True).stdout
+        predicted = np.array([float(line) for line in out.splitlines()[1:]])
+        target = np.array([float(r["progression"]) for r in csv.DictReader(rows.open())])
+        r2 = 1 - ((predicted - target) ** 2).sum() / ((target - target.mean()) ** 2).sum()
+        assert len(predicted) == len(target) and r2 > 0.3, r2
     else:
         assert metrics["test/acc"] > 0.8, metrics
 

@@ -5,6 +5,9 @@ item, so predict cannot read feature columns itself. The dataset states that tra
 `features(rows)` method that its `__init__`/`__getitem__` use as well; predict builds the dataset from the
 run's `data.kwargs` (so state fitted on the training file, such as category codes, is the same) and calls
 it on the new rows. A dataset without the hook is refused rather than predicted on wrongly.
+
+A regression dataset that transforms its target (a scale, a log) may define `predictions(values)`, the
+inverse: predict applies it to the model's outputs, so the predictions are in the unit of the raw rows.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from taktstock.deploy.model import LoadedRun
 from taktstock.errors import UserError
 
 HOOK = "features"
+OUTPUT_HOOK = "predictions"  # optional: model outputs -> values in the raw rows' unit (regression)
 
 
-def dataset_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
-    """Float32 [rows, features] model inputs (before normalisation) from a CSV of raw rows."""
+def dataset_inputs(path: Path, loaded: LoadedRun) -> tuple[np.ndarray, object]:
+    """(float32 [rows, features] model inputs before normalisation, the dataset) from a CSV of raw rows."""
     from taktstock.data.sources import construct_user_source
     from taktstock.utils.imports import import_object
 
@@ -51,4 +55,16 @@ def dataset_inputs(path: Path, loaded: LoadedRun) -> np.ndarray:
             f"{path}: {source}.{HOOK} returned {x.shape[0]} rows of {x.shape[1]} values for {len(rows)} rows; "
             f"the model expects {loaded.num_features} values per row"
         )
-    return x
+    return x, dataset
+
+
+def dataset_outputs(dataset: object, values: list[list[float]]) -> list[list[float]]:
+    """Regression outputs through the dataset's `predictions(values)` hook, when it has one."""
+    hook = getattr(dataset, OUTPUT_HOOK, None)
+    if not callable(hook):
+        return values
+    raw = np.asarray(values, dtype=np.float64)
+    out = np.asarray(hook(raw), dtype=np.float64).reshape(raw.shape[0], -1)
+    if out.shape != raw.shape:
+        raise UserError(f"{type(dataset).__name__}.{OUTPUT_HOOK} returned shape {out.shape} for outputs of shape {raw.shape}")
+    return out.tolist()

@@ -109,6 +109,7 @@ def predict(
         return predict_text(run_dir, input_path, checkpoint, weights=weights)
     loaded = load_run(run_dir, checkpoint, weights=weights)
     files: list[Path] = []
+    dataset = None
     if loaded.preprocessing.get("kind") == "image":
         from taktstock.data.images.inference import ImageInputs
 
@@ -118,10 +119,15 @@ def predict(
     elif loaded.preprocessing.get("dataset"):  # a user Dataset class: its own transform of raw rows
         from taktstock.deploy.dataset_rows import dataset_inputs
 
-        inputs = [torch.from_numpy(dataset_inputs(Path(input_path), loaded))]
+        x, dataset = dataset_inputs(Path(input_path), loaded)
+        inputs = [torch.from_numpy(x)]
     else:
         inputs = [torch.from_numpy(a) for a in read_inputs(Path(input_path), loaded)]
     header, rows = predict_rows(loaded, inputs, batch_size)
+    if dataset is not None and loaded.config.task == "regression":
+        from taktstock.deploy.dataset_rows import dataset_outputs
+
+        rows = dataset_outputs(dataset, rows)  # back to the raw rows' unit (the dataset's `predictions` hook)
     if files:
         return ["file", *header], [[str(f), *row] for f, row in zip(files, rows, strict=True)]
     return header, rows

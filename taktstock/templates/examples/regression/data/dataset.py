@@ -3,7 +3,8 @@
 taktstock calls `DiabetesDataset(**data.kwargs)`, reads items as `(features, target)` pairs by
 index, and splits, normalises the features (fitted on the training split only) and batches them.
 taktstock does not rescale regression targets, so the dataset brings them to order one
-(`target_scale`); R2 is unaffected, MSE/MAE are reported in the scaled unit.
+(`target_scale`); R2 is unaffected, MSE/MAE are reported in the scaled unit, and `taktstock predict`
+undoes the scale through `predictions(values)`, so its values are in the CSV's unit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class DiabetesDataset(Dataset):
             preprocess.write_csv(csv_path)  # first use: build the default CSV
         if target_scale <= 0:
             raise ValueError(f"target_scale must be positive, got {target_scale}")
+        self.target_scale = target_scale
         with csv_path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         self.columns = [k for k in rows[0] if k != preprocess.TARGET]
@@ -48,6 +50,10 @@ class DiabetesDataset(Dataset):
             onehot = (x[:, col : col + 1] == np.array(self.sex_codes, dtype=np.float32)).astype(np.float32)
             x = np.concatenate([np.delete(x, col, axis=1), onehot], axis=1)
         return x
+
+    def predictions(self, values: np.ndarray) -> np.ndarray:
+        """Model outputs (scaled targets) -> disease progression: `taktstock predict` reports the CSV's unit."""
+        return values * self.target_scale
 
     def __len__(self) -> int:
         return len(self.y)
