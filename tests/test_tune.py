@@ -139,8 +139,11 @@ def test_two_workers_share_a_postgresql_study(workdir: Path, postgres_url: str) 
 
 
 def test_ray_tune_backend_small_search(workdir: Path) -> None:
-    cfg = write_config(workdir / "sweep.yaml", sweep_config(trials=3))
-    run_cli("tune", str(cfg), "--backend", "ray", "--workers", "2", "--out", "sweep", cwd=workdir, check=True, timeout=400)
+    # tune.warmup_epochs beyond train.epochs (issue 18, finding 4): ASHA's grace period is clamped with a note, not
+    # Ray's "grace_period must be <= max_t" assertion. (One test: each Ray start-up costs about a minute here.)
+    cfg = write_config(workdir / "sweep.yaml", sweep_config(trials=3, warmup_epochs=5))
+    proc = run_cli("tune", str(cfg), "--backend", "ray", "--workers", "2", "--out", "sweep", cwd=workdir, check=True, timeout=400)
+    assert "grace period is 3" in proc.stderr, proc.stderr[-3000:]
     rows = read_trials(workdir / "sweep")
     assert sorted(int(r["number"]) for r in rows) == [0, 1, 2]
     assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"} and "COMPLETE" in {r["state"] for r in rows}, rows
