@@ -48,3 +48,41 @@ def test_train_imports_nothing_heavy_before_the_first_step_on_a_cache_hit(workdi
     second = run_cli("train", str(path), cwd=workdir, env=env, fresh=True)  # cache hit
     line = next(x for x in second.stderr.splitlines() if x.startswith("LOADED_AT_FIRST_STEP"))
     assert line.split(" ", 1)[1:] in ([], [""]), line
+
+
+def test_loading_a_config_checks_optimizer_values_without_importing_torch_dynamo(workdir) -> None:
+    """evaluate, predict, export and `config show` load configs but build no optimizer: the optimizer's value checks
+    run on an empty parameter list, so torch.optim's first add_param_group (which imports torch._dynamo, ~2 s) is skipped."""
+    import subprocess
+
+    path = write_config(workdir / "exp.yaml", tiny_config())
+    probe = (
+        "import sys\nfrom taktstock.config.loader import load_config\n"
+        f"load_config({str(path)!r}, ['optim.name=sgd', 'optim.lr=0.1'])\n"
+        "print('DYNAMO', 'torch._dynamo' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "DYNAMO False" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    # The checks still run: SGD refuses Nesterov without momentum, before anything is written.
+    bad = run_cli("train", str(path), "optim.name=sgd", "optim.nesterov=true", "--run-dir", "run", cwd=workdir)
+    assert bad.returncode == 2 and "optim: SGD rejects the given arguments (Nesterov momentum requires" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (workdir / "run").exists()
+
+
+def test_an_optimizer_that_reads_its_parameters_first_is_checked_on_a_real_parameter() -> None:
+    import torch
+
+    from taktstock.config.loader import _optimizer_rejects
+
+    class FirstParam(torch.optim.SGD):
+        def __init__(self, params, lr: float = 0.1) -> None:
+            params = list(params)
+            self.first = params[0]  # IndexError on an empty list: the empty-list shortcut cannot decide
+            if lr > 1:
+                raise ValueError(f"lr {lr} too large")
+            super().__init__(params, lr=lr)
+
+    assert _optimizer_rejects(FirstParam, {"lr": 0.5}) is None
+    assert str(_optimizer_rejects(FirstParam, {"lr": 2.0})) == "lr 2.0 too large"
+    assert _optimizer_rejects(torch.optim.AdamW, {"lr": 1e-3}) is None
+    assert "Invalid beta parameter" in str(_optimizer_rejects(torch.optim.AdamW, {"betas": (2.0, 0.9)}))

@@ -207,15 +207,39 @@ def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None
         raise ConfigError(f"{_where(source, lines, 'optim.fused')}optim.fused: {spec.cls.__name__} has no fused implementation")
     if config.optim.weight_decay and "weight_decay" not in accepted:
         raise ConfigError(f"{_where(source, lines, 'optim.weight_decay')}optim.weight_decay: {spec.cls.__name__} has no weight decay")
-    # Values are checked by the optimizer itself, on a dummy parameter, before any run directory exists.
+    # Values are checked by the optimizer itself, before any run directory exists.
+    # Implementation switches depend on the device the run uses, not on a CPU tensor.
+    kwargs = {k: v for k, v in spec.kwargs(config.optim).items() if k not in ("fused", "foreach", "capturable", "differentiable")}
+    problem = _optimizer_rejects(spec.cls, kwargs)
+    if problem is not None:
+        raise ConfigError(f"{_where(source, lines, 'optim.name')}optim: {spec.cls.__name__} rejects the given arguments ({problem})")
+
+
+def _optimizer_rejects(cls: Any, kwargs: dict[str, Any]) -> Exception | None:
+    """The optimizer's own verdict on its arguments, or None when it accepts them.
+
+    torch.optim's classes check their values in `__init__` before reading the parameters, so an empty
+    parameter list gets through every check and stops at "optimizer got an empty parameter list". A real
+    parameter would go on to `add_param_group`, whose first call imports torch._dynamo (~3 s): evaluate,
+    predict, export and `config show` load configs but never build an optimizer. Anything else (an error
+    of another kind, a class that reads its parameters first) is decided on a dummy parameter.
+    """
+    try:
+        cls([], **kwargs)
+    except ValueError as exc:
+        if "empty parameter list" in str(exc):
+            return None
+    except Exception:  # decided below, on a real parameter
+        pass
+    else:
+        return None
     import torch
 
-    # Implementation switches depend on the device the run uses, not on this CPU tensor.
-    kwargs = {k: v for k, v in spec.kwargs(config.optim).items() if k not in ("fused", "foreach", "capturable", "differentiable")}
     try:
-        spec.cls([torch.zeros(1, requires_grad=True)], **kwargs)
+        cls([torch.zeros(1, requires_grad=True)], **kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{_where(source, lines, 'optim.name')}optim: {spec.cls.__name__} rejects the given arguments ({exc})") from None
+        return exc
+    return None
 
 
 def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
