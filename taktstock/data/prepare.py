@@ -217,7 +217,45 @@ def _prepare_arrays(config: Config, verbose: bool, raw: Any) -> PreparedData:
     return data
 
 
+SPLIT_VERSION = 1
+
+
 def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Train/val/test indices, cached in `data.cache_dir/splits/` by the labels and the split settings.
+
+    Sources whose items are not cached (user Dataset classes, read lazily) are split again by every train,
+    evaluate and predict; the cache spares them scikit-learn's import (~2 s) and keeps one answer per labels."""
+    d = config.data
+    if math.ceil(round(len(y) * d.val_fraction, 6)) + math.ceil(round(len(y) * d.test_fraction, 6)) == 0:
+        return _compute_split(config, y)
+    strat = config.task == "classification" and d.stratify
+    labels = np.ascontiguousarray(y)
+    head = json.dumps({"version": SPLIT_VERSION, **split_settings(config), "stratified": strat, "n": len(y), "dtype": str(labels.dtype)})
+    key = hashlib.sha256(head.encode() + labels.tobytes()).hexdigest()[:20]
+    path = Path(d.cache_dir) / "splits" / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            parts = {s: f[s] for s in ("train", "val", "test")}
+        if sum(len(v) for v in parts.values()) == len(y) and all(v.dtype.kind == "i" for v in parts.values()):
+            return parts
+    except (OSError, ValueError, KeyError):
+        pass  # absent or damaged: split again
+    parts = _compute_split(config, y)
+    try:
+        import io
+
+        from taktstock.utils.atomic import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:
+        pass  # a read-only cache directory: the split is recomputed next time
+    return parts
+
+
+def _compute_split(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     n = len(y)

@@ -148,7 +148,7 @@ def _label_key(target: Any) -> str:
 
 
 class UserPrepared:
-    """The `PreparedDataset` of a user Dataset: a deterministic split of its indices (nothing is cached).
+    """The `PreparedDataset` of a user Dataset: a deterministic split of its indices (items are not cached; the split indices are, see `_split_indices`).
 
     `datasets` maps each split to the object that serves it: one shared object, or one built per split
     for a class that takes `split`. With `given` (data.split_by: dataset) each split is the whole of
@@ -283,6 +283,6 @@ def prepare_user_source(config: Config, verbose: bool = False) -> Any:
         extras.append(config.data.split_by)
     key = json.dumps([src, config.data.kwargs, source_code_hash(obj), *extras], default=str)
     if verbose:
-        print(f"preparing {src} (a Dataset{', one per split' if per_split else ''}: read lazily, nothing cached)")
+        print(f"preparing {src} (a Dataset{', one per split' if per_split else ''}: read lazily, items not cached)")
     given = per_split is not None and config.data.split_by == "dataset"
     return UserPrepared(config, datasets, hashlib.sha256(key.encode()).hexdigest()[:16], given)
