@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from taktstock.config.schema import Config
-from taktstock.data.prepare import _compute_split, _split_indices
+from taktstock.data.prepare import _split_indices, memoised_split
 from tests.conftest import cli_env
 
 
@@ -21,10 +21,10 @@ def _config(cache: Path, **data: object) -> Config:
 def test_the_memoised_split_is_the_computed_one_and_follows_labels_and_settings(tmp_path: Path) -> None:
     y = np.random.default_rng(0).integers(0, 4, 300)
     config = _config(tmp_path)
-    first = _split_indices(config, y)
+    first = memoised_split(config, y)
     (memo,) = (tmp_path / "splits").iterdir()
-    again = _split_indices(config, y)
-    reference = _compute_split(config, y)
+    again = memoised_split(config, y)
+    reference = _split_indices(config, y)
     for s in ("train", "val", "test"):
         assert np.array_equal(first[s], reference[s]) and np.array_equal(again[s], reference[s])
     # Other labels, another seed or other fractions are other splits, each memoised under its own key.
@@ -35,21 +35,21 @@ def test_the_memoised_split_is_the_computed_one_and_follows_labels_and_settings(
         (_config(tmp_path, val_fraction=0.3), y),
         (Config.model_validate(config.model_dump() | {"seed": 8}), y),
     ):
-        got = _split_indices(cfg, labels)
-        assert all(np.array_equal(got[s], _compute_split(cfg, labels)[s]) for s in got)
+        got = memoised_split(cfg, labels)
+        assert all(np.array_equal(got[s], _split_indices(cfg, labels)[s]) for s in got)
     assert len(list((tmp_path / "splits").iterdir())) == 4
     # A damaged memo is split again (and rewritten), never trusted.
     memo.write_bytes(b"not an npz")
-    assert all(np.array_equal(_split_indices(config, y)[s], reference[s]) for s in reference)
+    assert all(np.array_equal(memoised_split(config, y)[s], reference[s]) for s in reference)
 
 
 def test_a_second_split_of_the_same_labels_does_not_import_scikit_learn(tmp_path: Path) -> None:
     probe = (
         "import sys, numpy as np\n"
         "from taktstock.config.schema import Config\n"
-        "from taktstock.data.prepare import _split_indices\n"
+        "from taktstock.data.prepare import memoised_split\n"
         f"c = Config.model_validate({{'data': {{'cache_dir': {str(tmp_path)!r}}}}})\n"
-        "parts = _split_indices(c, np.arange(200) % 3)\n"
+        "parts = memoised_split(c, np.arange(200) % 3)\n"
         "print('SKLEARN', 'sklearn' in sys.modules, sorted(len(v) for v in parts.values()))\n"
     )
     runs = [subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True, text=True, timeout=120) for _ in range(2)]

@@ -220,27 +220,37 @@ def _prepare_arrays(config: Config, verbose: bool, raw: Any) -> PreparedData:
 SPLIT_VERSION = 1
 
 
-def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Train/val/test indices, cached in `data.cache_dir/splits/` by the labels and the split settings.
+def _stratified(config: Config) -> bool:
+    return config.task == "classification" and config.data.stratify
 
-    Sources whose items are not cached (user Dataset classes, read lazily) are split again by every train,
-    evaluate and predict; the cache spares them scikit-learn's import (~2 s) and keeps one answer per labels."""
-    d = config.data
-    if math.ceil(round(len(y) * d.val_fraction, 6)) + math.ceil(round(len(y) * d.test_fraction, 6)) == 0:
-        return _compute_split(config, y)
-    strat = config.task == "classification" and d.stratify
+
+def _split_sizes(config: Config, n: int) -> tuple[int, int]:
+    """(validation, test) sizes. Integers, rounded up like scikit-learn: 0.2 + 0.1 is 0.30000000000000004 in
+    floating point, so passing the summed fraction would move a sample from train to the test split."""
+    return math.ceil(round(n * config.data.val_fraction, 6)), math.ceil(round(n * config.data.test_fraction, 6))
+
+
+def memoised_split(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
+    """`_split_indices`, memoised in `data.cache_dir/splits/` by the labels and the split settings.
+
+    For sources whose items are not cached (user Dataset classes, read lazily), which would otherwise be split
+    again by every train, evaluate and predict: the memo spares them scikit-learn's import (~2 s). Cached
+    sources store their split with their arrays and call `_split_indices` only when they build the cache."""
+    if sum(_split_sizes(config, len(y))) == 0:
+        return _split_indices(config, y)  # everything is train: nothing to compute
     labels = np.ascontiguousarray(y)
-    head = json.dumps({"version": SPLIT_VERSION, **split_settings(config), "stratified": strat, "n": len(y), "dtype": str(labels.dtype)})
+    settings = {"version": SPLIT_VERSION, **split_settings(config), "stratified": _stratified(config)}
+    head = json.dumps(settings | {"n": len(y), "dtype": str(labels.dtype)})
     key = hashlib.sha256(head.encode() + labels.tobytes()).hexdigest()[:20]
-    path = Path(d.cache_dir) / "splits" / f"{key}.npz"
+    path = Path(config.data.cache_dir) / "splits" / f"{key}.npz"
     try:
         with np.load(path, allow_pickle=False) as f:
-            parts = {s: f[s] for s in ("train", "val", "test")}
+            parts = {s: f[s] for s in SPLITS}
         if sum(len(v) for v in parts.values()) == len(y) and all(v.dtype.kind == "i" for v in parts.values()):
             return parts
     except (OSError, ValueError, KeyError):
         pass  # absent or damaged: split again
-    parts = _compute_split(config, y)
+    parts = _split_indices(config, y)
     try:
         import io
 
@@ -255,16 +265,14 @@ def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
     return parts
 
 
-def _compute_split(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
+def _split_indices(config: Config, y: np.ndarray) -> dict[str, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     n = len(y)
     idx = np.arange(n)
     d = config.data
-    strat = config.task == "classification" and d.stratify
-    # Integer sizes (rounded up, like scikit-learn): 0.2 + 0.1 is 0.30000000000000004 in floating point,
-    # so passing the summed fraction would move a sample from train to the test split.
-    n_val, n_test = (math.ceil(round(n * f, 6)) for f in (d.val_fraction, d.test_fraction))
+    strat = _stratified(config)
+    n_val, n_test = _split_sizes(config, n)
     if n_val + n_test == 0:
         return {"train": idx, "val": idx[:0], "test": idx[:0]}
     try:

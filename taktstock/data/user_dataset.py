@@ -148,14 +148,14 @@ def _label_key(target: Any) -> str:
 
 
 class UserPrepared:
-    """The `PreparedDataset` of a user Dataset: a deterministic split of its indices (items are not cached; the split indices are, see `_split_indices`).
+    """The `PreparedDataset` of a user Dataset: a deterministic split of its indices (items are not cached; the split indices are, see `memoised_split`).
 
     `datasets` maps each split to the object that serves it: one shared object, or one built per split
     for a class that takes `split`. With `given` (data.split_by: dataset) each split is the whole of
     its own object; otherwise the objects serve the same items and taktstock splits their indices."""
 
     def __init__(self, config: Config, datasets: dict[str, Any], fingerprint: str, given: bool = False) -> None:
-        from taktstock.data.prepare import Normalizer, _split_indices
+        from taktstock.data.prepare import Normalizer, memoised_split
         from taktstock.data.sources import _targets
 
         src = config.data.source
@@ -200,7 +200,7 @@ class UserPrepared:
         if np.ndim(labels) != 0:  # sequence or vector targets cannot be stratified
             config = config.model_copy(update={"data": config.data.model_copy(update={"stratify": False})})
         # Given splits are used whole, in the dataset's order; data.val_fraction/test_fraction do not apply.
-        parts = {s: np.arange(sizes[s]) for s in SPLITS} if given else _split_indices(config, y)
+        parts = {s: np.arange(sizes[s]) for s in SPLITS} if given else memoised_split(config, y)
         inputs = self._spec.get("inputs")
         norm_state = None
         if isinstance(probe, tuple) and inputs is not None and inputs.dtype == "float32" and config.data.normalize != "none":

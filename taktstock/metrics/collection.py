@@ -63,13 +63,6 @@ def build_epoch_metrics(config: Config, num_outputs: int, device: torch.device, 
     return EpochMetrics(config, num_outputs, device, prefix)
 
 
-def _new_stats(task: str, num_outputs: int, device: torch.device) -> Any:
-    from taktstock.metrics.sufficient import ConfusionCounts, RegressionSums
-
-    # Regression: one column per output from the start, so a rank that sees no batch still all-reduces the same shape.
-    return ConfusionCounts(max(num_outputs, 2), device) if task == "classification" else RegressionSums(device, max(num_outputs, 1))
-
-
 class EpochMetrics:
     """Loss and task metrics over a whole pass through a split: `reset()`, `update()` per batch, `compute()`.
 
@@ -91,7 +84,7 @@ class EpochMetrics:
         weights = config.loss.class_weights if config.loss.name == "cross_entropy" else None
         self.class_weights = None if weights is None else torch.tensor(weights, dtype=torch.float64, device=device)
         self.num_outputs = num_outputs
-        self.stats = _new_stats(self.task, num_outputs, device)
+        self.stats = self._new_stats()
         self._loss = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of batch loss x weight, weight)
         self._task_updates = 0
         self._summed = False  # compute() has added up the ranks' states
@@ -103,6 +96,14 @@ class EpochMetrics:
                 path.rpartition(":")[2].lower(): build_extra_metric(path, self.task, self.num_classes) for path in config.metrics.extra
             }
             self.extra = torchmetrics.MetricCollection(extra).to(device)
+
+    def _new_stats(self) -> Any:
+        from taktstock.metrics.sufficient import ConfusionCounts, RegressionSums
+
+        if self.task == "classification":
+            return ConfusionCounts(self.num_classes, self.device)
+        # One column per output from the start, so a rank that sees no batch still all-reduces the same shape.
+        return RegressionSums(self.device, max(self.num_outputs, 1))
 
     def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         output, target = real_positions(output, target)
@@ -176,7 +177,7 @@ class EpochMetrics:
         return self.stats.matrix()
 
     def reset(self) -> None:
-        self.stats = _new_stats(self.task, self.num_outputs, self.device)
+        self.stats = self._new_stats()
         self._loss.zero_()
         self._task_updates = 0
         self._summed = False
