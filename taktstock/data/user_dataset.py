@@ -17,16 +17,13 @@ keep its own augmentation out of evaluation; `data.split_by` says whether taktst
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import random
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
+from torch.utils.data import default_collate
 
 from taktstock.config.schema import AugmentConfig, Config
 from taktstock.data.augment import augment_batch, is_active
@@ -38,41 +35,33 @@ from taktstock.data.dataset import (
     SplitDataset,
     sample_seed,
     spec_of_sample,
-    split_key,
     to_tensor,
 )
+from taktstock.data.global_rng import SeededReads
 from taktstock.errors import ConfigError
 
 NORMALIZE_SAMPLES = 10_000  # training items read to fit data.normalize (all of them in smaller sets)
+READ_CHUNK = 256  # items per batched read when taktstock reads a whole dataset itself (labels, normalisation)
+ROWS_HOOK = "arrays"  # a dataset method: (inputs, targets) arrays whose rows are its items
 
 
-@contextlib.contextmanager
-def seeded_globals(value: int) -> Iterator[None]:
-    """Run a block with the global torch (CPU), Python and NumPy generators seeded by `value`.
+class _Batch:
+    """A batch `UserSplit.__getitems__` already assembled: its `collate` passes it through."""
 
-    In the main process (num_workers 0) they are restored afterwards, so the training process's own
-    random stream (dropout, ...) is untouched; a worker has no other use for them (saving NumPy's
-    state costs more than the read of a small item)."""
-    if get_worker_info() is not None:
-        torch.default_generator.manual_seed(value)
-        random.seed(value)
-        np.random.seed(value % 2**32)
-        yield
-        return
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(value)  # CPU only: torch.manual_seed would reseed CUDA too
-        random.seed(value)
-        np.random.seed(value % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 class UserSplit(SplitDataset):
-    """One split of a user dataset: a subset of its indices, converted to tensors, normalised, labels mapped."""
+    """One split of a user dataset: a subset of its indices, converted to tensors, normalised, labels mapped.
+
+    Reads are batched: the DataLoader's fetcher calls `__getitems__` with a batch of keys, the items are read
+    under `SeededReads` (global generators seeded per sample, at a per-batch cost) and stacked into one batch
+    directly, the normalisation, `data.augment` and label mapping applied to the whole batch. A dataset with
+    its own `__getitems__` is read a batch at a time; one with `arrays()` is indexed without item reads.
+    `main_batches` adds `get_batch` (the loop reads batches in the main process, without a DataLoader)."""
 
     def __init__(
         self,
@@ -83,34 +72,132 @@ class UserSplit(SplitDataset):
         normalizer: tuple[torch.Tensor, torch.Tensor] | None = None,
         label_index: dict[str, int] | None = None,
         augment: AugmentConfig | None = None,
+        rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+        main_batches: bool = False,
     ) -> None:
-        self.dataset, self.indices, self.seed, self.source = dataset, indices, seed, source
+        self.dataset, self.indices, self.seed, self.source = dataset, np.asarray(indices, dtype=np.int64), seed, source
         self.normalizer, self.label_index = normalizer, label_index
         self.augment = augment if augment is not None and is_active(augment) else None
+        self.rows = rows  # the dataset's `arrays()`: item j is (rows[0][j], rows[1][j])
+        self.reads = SeededReads(dataset)
+        getitems = getattr(dataset, "__getitems__", None)
+        self._getitems = getitems if callable(getitems) else None
+        if main_batches:
+            self.get_batch = self._get_batch
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, key: Key) -> Any:
-        epoch, i = split_key(key)
-        j = int(self.indices[i])
-        value = sample_seed(self.seed, epoch, j) if epoch is not None else sample_seed(self.seed, 0, j, EVAL_STREAM)
-        with seeded_globals(value):
-            item = self.dataset[j]
-        sample = self.convert(item)
-        if self.augment is not None and epoch is not None and isinstance(sample[0], torch.Tensor):
-            # data.augment on float inputs, keyed by the split position as for in-memory arrays
-            sample = (augment_batch(sample[0][None], np.array([i]), epoch, self.seed, self.augment)[0], sample[1])
-        return sample
+    # -- reading -------------------------------------------------------------------------------------------
 
-    def convert(self, item: Any) -> Any:
-        """A raw item -> a tensor sample: `(inputs, target)` or a dict with `labels`."""
+    def _raw(self, positions: np.ndarray, epoch: int | None) -> Any:
+        """The dataset's items at split `positions`: a list of items, or a batch its `__getitems__` built."""
+        js = self.indices[positions]
+        dataset = self.dataset
+
+        def seeds() -> list[int]:
+            if epoch is None:
+                return [sample_seed(self.seed, 0, int(j), EVAL_STREAM) for j in js]
+            return [sample_seed(self.seed, epoch, int(j)) for j in js]
+
+        def fetch() -> Any:
+            if self._getitems is not None:
+                return self._getitems(js.tolist())
+            return [dataset[j] for j in js.tolist()]
+
+        return self.reads.read(fetch, seeds, lambda k: dataset[int(js[k])])
+
+    def _batch(self, positions: np.ndarray, epoch: int | None) -> Any:
+        """One assembled batch of split `positions`."""
+        if self.rows is not None:
+            js = torch.from_numpy(self.indices[positions])
+            x, y = torch.index_select(self.rows[0], 0, js), torch.index_select(self.rows[1], 0, js)
+            return self._finish(x, y, positions, epoch)
+        raw = self._raw(positions, epoch)
+        if not isinstance(raw, list):  # the dataset's own __getitems__ built the batch
+            return self._from_batch(raw, positions, epoch)
+        stacked = _stack_pairs(raw)
+        if stacked is not None:
+            return self._finish(stacked[0], stacked[1], positions, epoch)
+        return default_collate([self._convert(item, int(p), epoch) for item, p in zip(raw, positions.tolist(), strict=True)])
+
+    def _finish(self, x: Any, y: Any, positions: np.ndarray, epoch: int | None) -> tuple[Any, Any]:
+        """Normalisation, data.augment and label mapping of a stacked (inputs, targets) batch."""
+        if self.normalizer is not None:
+            shift, scale = self.normalizer
+            x = (x - shift) / scale
+        if self.augment is not None and epoch is not None and isinstance(x, torch.Tensor):
+            x = augment_batch(x, positions, epoch, self.seed, self.augment)  # keyed by split position
+        return x, self._labels(y)
+
+    def _from_batch(self, batch: Any, positions: np.ndarray, epoch: int | None) -> Any:
+        if isinstance(batch, dict):
+            return self._check_batch(check_item(batch, self.source), len(positions))
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            x, y = (_as_batch(v) for v in batch)
+            self._check_batch((x, y), len(positions))
+            return self._finish(x, y, positions, epoch)
+        raise ConfigError(
+            f"data.source: {self.source}.__getitems__ must return a list of items or a batch ((inputs, targets) or a dict "
+            f"with 'labels'), got {type(batch).__name__}"
+        )
+
+    def _check_batch(self, batch: Any, n: int) -> Any:
+        values = batch.values() if isinstance(batch, dict) else batch
+        for v in values:
+            if isinstance(v, torch.Tensor) and (v.ndim == 0 or len(v) != n):
+                raise ConfigError(
+                    f"data.source: {self.source}.__getitems__ returned a batch of {len(v) if v.ndim else 0} rows for {n} indices"
+                )
+        if isinstance(batch, dict):
+            return batch | {"labels": self._labels(batch["labels"])}
+        return batch
+
+    def _labels(self, y: Any) -> Any:
+        if self.label_index is None:
+            return y
+        values = y if isinstance(y, list) else (y.tolist() if isinstance(y, (torch.Tensor, np.ndarray)) else list(y))
+        return torch.tensor([self.label_index[_label_key(v)] for v in values], dtype=torch.int64)
+
+    # -- the SplitDataset interface ------------------------------------------------------------------------
+
+    def __getitem__(self, key: Key) -> Any:
+        return self.samples([key])[0]
+
+    def samples(self, keys: list[Key]) -> list[Any]:
+        """Converted samples (not batched) for `keys`, read as a batch."""
+        epoch, positions = _decode(keys)
+        if self.rows is not None:
+            x, y = self._batch(positions, epoch)
+            return list(zip(x, y, strict=True))
+        raw = self._raw(positions, epoch)
+        if not isinstance(raw, list):
+            batch = self._from_batch(raw, positions, epoch)
+            return [_row(batch, k) for k in range(len(positions))]
+        return [self._convert(item, int(p), epoch) for item, p in zip(raw, positions.tolist(), strict=True)]
+
+    def __getitems__(self, keys: list[Key]) -> _Batch:
+        epoch, positions = _decode(keys)
+        return _Batch(self._batch(positions, epoch))
+
+    def _get_batch(self, indices: np.ndarray, epoch: int | None) -> Any:
+        return self._batch(np.asarray(indices, dtype=np.int64), epoch)
+
+    def collate(self, samples: Any) -> Any:
+        if isinstance(samples, _Batch):
+            return samples.value
+        return default_collate(list(samples))
+
+    def _convert(self, item: Any, position: int, epoch: int | None) -> Any:
+        """One raw item -> a tensor sample: `(inputs, target)` or a dict with `labels`."""
         sample = check_item(item, self.source)
         if isinstance(sample, tuple):
             inputs, target = sample
             if self.normalizer is not None:
                 shift, scale = self.normalizer
                 inputs = (inputs - shift) / scale
+            if self.augment is not None and epoch is not None and isinstance(inputs, torch.Tensor):
+                inputs = augment_batch(inputs[None], np.array([position]), epoch, self.seed, self.augment)[0]
             return inputs, self._label(target)
         return sample | {"labels": self._label(sample["labels"])}
 
@@ -118,6 +205,75 @@ class UserSplit(SplitDataset):
         if self.label_index is None:
             return target
         return torch.tensor(self.label_index[_label_key(target)], dtype=torch.int64)
+
+
+def _decode(keys: list[Key]) -> tuple[int | None, np.ndarray]:
+    """(epoch, split positions) of a batch of keys: `(epoch, index)` tuples when training, ints when evaluating."""
+    first = keys[0]
+    if isinstance(first, tuple):
+        return int(first[0]), np.fromiter((k[1] for k in keys), dtype=np.int64, count=len(keys))
+    return None, np.fromiter(keys, dtype=np.int64, count=len(keys))
+
+
+def _row(batch: Any, k: int) -> Any:
+    if isinstance(batch, dict):
+        return {name: v[k] for name, v in batch.items()}
+    return tuple(v[k] for v in batch)
+
+
+def _tensor_dtype(t: torch.Tensor) -> torch.Tensor:
+    """`to_tensor`'s dtype rule on a stacked batch: floats -> float32, other integers -> int64."""
+    if t.is_floating_point():
+        return t if t.dtype == torch.float32 else t.to(torch.float32)
+    if t.dtype in (torch.uint8, torch.bool, torch.int64) or t.is_complex():
+        return t
+    return t.to(torch.int64)
+
+
+def _as_batch(value: Any) -> Any:
+    """A batch field from a dataset's `__getitems__`: tensors as `to_tensor` makes them; text labels stay a list."""
+    if isinstance(value, (list, tuple)) and value and _is_text(value[0]):
+        return list(value)
+    return to_tensor(value) if not isinstance(value, torch.Tensor) else _tensor_dtype(value)
+
+
+def _stack(values: list[Any]) -> torch.Tensor | None:
+    """Per-item arrays, tensors or numbers of one type and shape -> one tensor, as stacking `to_tensor` of each
+    would give; None when they are not uniform (the per-item path decides)."""
+    first = values[0]
+    kind = type(first)
+    if any(type(v) is not kind for v in values):
+        return None
+    try:
+        if kind is torch.Tensor:
+            return _tensor_dtype(torch.stack(values))
+        if kind is np.ndarray:
+            return _tensor_dtype(torch.from_numpy(np.stack(values)))
+        if kind in (int, float, bool) or issubclass(kind, np.generic):
+            if issubclass(kind, (np.str_, np.bytes_)):
+                return None
+            return _tensor_dtype(torch.from_numpy(np.asarray(values)))
+    except (RuntimeError, ValueError):  # shapes differ: the per-item path names the problem
+        return None
+    return None
+
+
+def _stack_pairs(items: list[Any]) -> tuple[torch.Tensor, Any] | None:
+    """A list of `(inputs, target)` items -> (stacked inputs, stacked targets or text labels), or None."""
+    first = items[0]
+    if type(first) not in (tuple, list) or len(first) != 2:
+        return None
+    kind = type(first)
+    if any(type(it) is not kind or len(it) != 2 for it in items):
+        return None
+    x = _stack([it[0] for it in items])
+    if x is None:
+        return None
+    targets = [it[1] for it in items]
+    if _is_text(targets[0]):
+        return (x, targets) if all(_is_text(t) for t in targets) else None
+    y = _stack(targets)
+    return None if y is None else (x, y)
 
 
 def check_item(item: Any, source: str) -> Any:
@@ -206,13 +362,31 @@ class UserPrepared:
         if isinstance(probe, tuple) and inputs is not None and inputs.dtype == "float32" and config.data.normalize != "none":
             sample = parts["train"][np.linspace(0, len(parts["train"]) - 1, min(NORMALIZE_SAMPLES, len(parts["train"]))).astype(np.int64)]
             reader = UserSplit(train, sample, config.seed, src, label_index=label_index)
-            x = np.stack([reader[i][0].numpy() for i in range(len(sample))]) if len(sample) else np.zeros((0, *inputs.shape), np.float32)
+            chunks = [reader.samples(list(range(a, min(len(sample), a + READ_CHUNK)))) for a in range(0, len(sample), READ_CHUNK)]
+            x = np.stack([s[0].numpy() for c in chunks for s in c]) if len(sample) else np.zeros((0, *inputs.shape), np.float32)
             norm_state = Normalizer.fit(x, config.data.normalize)
         self.normalizer = norm_state or Normalizer.fit(np.zeros((0, *(inputs.shape if inputs else ())), np.float32), "none")
         tensors = None if norm_state is None else (torch.from_numpy(norm_state.shift), torch.from_numpy(norm_state.scale))
         augment = config.data.augment if isinstance(probe, tuple) else None
+        rows = (
+            {id(d): _rows(d, src, len(d), UserSplit(d, np.arange(len(d)), config.seed, src)) for d in datasets.values()}
+            if isinstance(probe, tuple)
+            else {}
+        )
+        main = config.data.num_workers == 0 and config.data.in_memory != "never"  # batches read in the loop's process
         self._splits = {
-            s: UserSplit(datasets[s], parts[s], config.seed, src, tensors, label_index, augment if s == "train" else None) for s in parts
+            s: UserSplit(
+                datasets[s],
+                parts[s],
+                config.seed,
+                src,
+                tensors,
+                label_index,
+                augment if s == "train" else None,
+                rows.get(id(datasets[s])),
+                main,
+            )
+            for s in parts
         }
         self.feature_names = [str(f) for f in getattr(train, "feature_names", []) or []]
         self.source = src
@@ -244,12 +418,37 @@ def _label_values(dataset: Any, n: int, source: str, seed: int) -> list[Any]:
         if len(values) != n:
             raise ConfigError(f"data.source: {source}.targets has {len(values)} labels for {len(dataset)} items")
         return values
+    reader = UserSplit(dataset, np.arange(n), seed, source)  # read as evaluation reads, a chunk at a time
     out = []
-    for i in range(n):
-        with seeded_globals(sample_seed(seed, 0, i, EVAL_STREAM)):  # as an evaluation read
-            item = check_item(dataset[i], source)
-        out.append(_label_key(item[1] if isinstance(item, tuple) else item["labels"]))
+    for start in range(0, n, READ_CHUNK):
+        for sample in reader.samples(list(range(start, min(n, start + READ_CHUNK)))):
+            out.append(_label_key(sample[1] if isinstance(sample, tuple) else sample["labels"]))
     return out
+
+
+def _rows(dataset: Any, source: str, n: int, reader: UserSplit) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The dataset's `arrays()` as tensors (its items are those rows: they are indexed, not read), checked
+    against the first and last items; None when it has no `arrays()`."""
+    arrays = getattr(dataset, ROWS_HOOK, None)
+    if not callable(arrays):
+        return None
+    got = arrays()
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise ConfigError(f"data.source: {source}.{ROWS_HOOK}() must return (inputs, targets) arrays, got {type(got).__name__}")
+    x, y = (v if isinstance(v, torch.Tensor) else np.asarray(v) for v in got)
+    if not isinstance(y, torch.Tensor) and y.dtype.kind not in "biuf":
+        raise ConfigError(f"data.source: {source}.{ROWS_HOOK}() targets must be numbers (got {y.dtype}); text labels need item reads")
+    x, y = _as_batch(x), _as_batch(y)
+    if len(x) != n or len(y) != n:
+        raise ConfigError(f"data.source: {source}.{ROWS_HOOK}() has {len(x)} inputs and {len(y)} targets for {n} items")
+    for i in {0, n - 1}:
+        sample = reader.samples([i])[0]
+        if not isinstance(sample, tuple) or not torch.equal(sample[0], x[i]) or not torch.equal(torch.as_tensor(sample[1]), y[i]):
+            raise ConfigError(
+                f"data.source: item {i} of {source} differs from row {i} of its {ROWS_HOOK}(); `{ROWS_HOOK}()` promises that "
+                "items are exactly those rows (no random transforms), so drop it or make it match"
+            )
+    return x, y
 
 
 def prepare_user_source(config: Config, verbose: bool = False) -> Any:
