@@ -23,9 +23,7 @@ def make_signals(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     freq = rng.uniform(0.05, 0.15, (n, 1))
     phase = rng.uniform(0, 2 * np.pi, (n, 1))
     u = 2 * np.pi * freq * t + phase
-    waves = np.stack(
-        [np.sin(u), np.sign(np.sin(u)), ((u / np.pi) % 2) - 1, 2 * np.abs(((u / np.pi) % 2) - 1) - 1], axis=1
-    )  # (n, 4, L)
+    waves = np.stack([np.sin(u), np.sign(np.sin(u)), ((u / np.pi) % 2) - 1, 2 * np.abs(((u / np.pi) % 2) - 1) - 1], axis=1)  # (n, 4, L)
     x = waves[np.arange(n), y] + rng.normal(0, 0.3, (n, LENGTH))
     return x[:, None, :].astype(np.float32), y.astype(np.int64)
 
@@ -51,6 +49,8 @@ class BatchedSignalDataset(SignalDataset):
     """The same items, plus `__getitems__`: a batch of reads in one call (PyTorch's batched fetch)."""
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment:  # random items: one read each (taktstock seeds them per item)
+            return [self[i] for i in indices]
         idx = np.asarray(indices)
         return torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
 
@@ -70,3 +70,10 @@ class SignalNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
+
+
+class RowsSignalDataset(SignalDataset):
+    """The same items, declared as rows of two in-memory arrays (`arrays()`): taktstock indexes them directly."""
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x, self.y

@@ -107,6 +107,15 @@ def input_shape(spec: Spec) -> tuple[int, ...]:
     return tuple(field.shape)
 
 
+class Collated:
+    """A batch a split's `__getitems__` built whole (PyTorch's batched fetch): `collate` passes it through."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class SplitDataset(Dataset):
     """One split of a prepared dataset. Subclasses implement `__len__` and `__getitem__(key)`."""
 
@@ -116,9 +125,16 @@ class SplitDataset(Dataset):
     def __getitem__(self, key: Key) -> Any:
         raise NotImplementedError
 
-    def collate(self, samples: Sequence[Any]) -> Any:
-        """Samples -> one batch of the same structure (tuple or dict of stacked tensors)."""
+    def collate(self, samples: Sequence[Any] | Collated) -> Any:
+        """Samples -> one batch of the same structure (tuple or dict of stacked tensors); a batch the split's
+        `__getitems__` already built passes through."""
+        if isinstance(samples, Collated):
+            return samples.value
         return default_collate(list(samples))
+
+    def samples(self, keys: Sequence[Key]) -> list[Any]:
+        """The samples of `keys`, one each (not collated); a split may read them together (user datasets)."""
+        return [self[k] for k in keys]
 
     # Optional: `get_batch(indices: np.ndarray, epoch: int | None) -> batch`, a whole-batch fast path.
     get_batch: Callable[[np.ndarray, int | None], Any] | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from taktstock.data.augment import augment_batch, is_active
 from taktstock.data.dataset import (
     EVAL_STREAM,
     SPLITS,
+    Collated,
     Key,
     Spec,
     SplitDataset,
@@ -43,15 +45,6 @@ from taktstock.errors import ConfigError
 NORMALIZE_SAMPLES = 10_000  # training items read to fit data.normalize (all of them in smaller sets)
 READ_CHUNK = 256  # items per batched read when taktstock reads a whole dataset itself (labels, normalisation)
 ROWS_HOOK = "arrays"  # a dataset method: (inputs, targets) arrays whose rows are its items
-
-
-class _Batch:
-    """A batch `UserSplit.__getitems__` already assembled: its `collate` passes it through."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
 
 class UserSplit(SplitDataset):
@@ -164,7 +157,7 @@ class UserSplit(SplitDataset):
     def __getitem__(self, key: Key) -> Any:
         return self.samples([key])[0]
 
-    def samples(self, keys: list[Key]) -> list[Any]:
+    def samples(self, keys: Sequence[Key]) -> list[Any]:
         """Converted samples (not batched) for `keys`, read as a batch."""
         epoch, positions = _decode(keys)
         if self.rows is not None:
@@ -176,17 +169,15 @@ class UserSplit(SplitDataset):
             return [_row(batch, k) for k in range(len(positions))]
         return [self._convert(item, int(p), epoch) for item, p in zip(raw, positions.tolist(), strict=True)]
 
-    def __getitems__(self, keys: list[Key]) -> _Batch:
+    def __getitems__(self, keys: list[Key]) -> Collated:
         epoch, positions = _decode(keys)
-        return _Batch(self._batch(positions, epoch))
+        return Collated(self._batch(positions, epoch))
 
-    def _get_batch(self, indices: np.ndarray, epoch: int | None) -> Any:
+    def get_batch_of(self, indices: np.ndarray, epoch: int | None) -> Any:
+        """The batch of split positions `indices` (training keys with an epoch, evaluation keys with None)."""
         return self._batch(np.asarray(indices, dtype=np.int64), epoch)
 
-    def collate(self, samples: Any) -> Any:
-        if isinstance(samples, _Batch):
-            return samples.value
-        return default_collate(list(samples))
+    _get_batch = get_batch_of
 
     def _convert(self, item: Any, position: int, epoch: int | None) -> Any:
         """One raw item -> a tensor sample: `(inputs, target)` or a dict with `labels`."""
@@ -207,7 +198,7 @@ class UserSplit(SplitDataset):
         return torch.tensor(self.label_index[_label_key(target)], dtype=torch.int64)
 
 
-def _decode(keys: list[Key]) -> tuple[int | None, np.ndarray]:
+def _decode(keys: Sequence[Key]) -> tuple[int | None, np.ndarray]:
     """(epoch, split positions) of a batch of keys: `(epoch, index)` tuples when training, ints when evaluating."""
     first = keys[0]
     if isinstance(first, tuple):
@@ -418,11 +409,12 @@ def _label_values(dataset: Any, n: int, source: str, seed: int) -> list[Any]:
         if len(values) != n:
             raise ConfigError(f"data.source: {source}.targets has {len(values)} labels for {len(dataset)} items")
         return values
-    reader = UserSplit(dataset, np.arange(n), seed, source)  # read as evaluation reads, a chunk at a time
-    out = []
+    reader = UserSplit(dataset, np.arange(n), seed, source)  # read as evaluation reads, a batch at a time
+    out: list[Any] = []
     for start in range(0, n, READ_CHUNK):
-        for sample in reader.samples(list(range(start, min(n, start + READ_CHUNK)))):
-            out.append(_label_key(sample[1] if isinstance(sample, tuple) else sample["labels"]))
+        batch = reader.get_batch_of(np.arange(start, min(n, start + READ_CHUNK)), None)
+        labels = batch["labels"] if isinstance(batch, dict) else batch[1]  # default_collate makes tuples lists
+        out += [_label_key(v) for v in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     return out
 
 

@@ -27,6 +27,9 @@ FORMAT_VERSION = 1
 WINDOW = "tokens"  # the column of a language-modelling window: input_ids + the last label
 
 
+READ_CHUNK = 256  # samples read together
+
+
 def _token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
@@ -80,8 +83,9 @@ def _collate(split: SplitDataset) -> dict[str, Any]:
 
 
 def _rows(split: SplitDataset, layout: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for i in range(len(split)):
-        _, fields = _structure(split[i], "a split")
+    chunks = (split.samples(range(a, min(len(split), a + READ_CHUNK))) for a in range(0, len(split), READ_CHUNK))
+    for sample in (s for chunk in chunks for s in chunk):  # read a chunk at a time (user datasets batch their reads)
+        _, fields = _structure(sample, "a split")
         if layout["kind"] == "window":
             ids, labels = fields["input_ids"], fields["labels"]
             yield {WINDOW: torch.cat([ids, labels[-1:]]).numpy().astype(layout["columns"][WINDOW]["storage"])}

@@ -31,6 +31,12 @@ class DigitsDataset(Dataset):
         self.y = labels.astype(np.int64)
         self.classes = [str(c) for c in classes]
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every item at once: item i is (inputs[i], targets[i]). taktstock then indexes whole batches of these
+        arrays instead of calling `__getitem__` per item (several times faster for small items). Remove it if
+        `__getitem__` ever does more than index them (a random transform, a file read)."""
+        return self.x, self.y
+
     def __len__(self) -> int:
         return len(self.y)
 

@@ -49,6 +49,12 @@ class WineDataset(Dataset):
             x[:, col] = np.log1p(np.clip(x[:, col], 0.0, None))
         return x
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every item at once: item i is (inputs[i], targets[i]). taktstock then indexes whole batches of these
+        arrays instead of calling `__getitem__` per item (several times faster for small items). Remove it if
+        `__getitem__` ever does more than index them (a random transform, a file read)."""
+        return self.x, self.y
+
     def __len__(self) -> int:
         return len(self.y)
 
