@@ -94,6 +94,13 @@ USER_CODE = """
             return [self[i] for i in indices]
 
 
+    class Fields(Counting):
+        \"\"\"Dict items with a text label: stacked field by field, the label mapped to its class id.\"\"\"
+
+        def __getitem__(self, i):
+            return {"signal": self.x[i], "step": i % 5, "labels": "abc"[int(self.y[i])]}
+
+
     class Net(nn.Module):
         def __init__(self, input_shape, num_outputs):
             super().__init__()
@@ -238,6 +245,19 @@ def test_arrays_rows_are_indexed_not_read_and_a_mismatch_is_a_config_error(userc
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, want, strict=True))
     with pytest.raises(ConfigError, match=r"item 0 of readcode.code:LyingRows differs from row 0 of its arrays\(\)"):
         _prepared(usercode, "readcode.code:LyingRows")
+
+
+def test_dict_items_are_stacked_field_by_field_as_default_collate_would(usercode: Path) -> None:
+    from torch.utils.data import default_collate
+
+    _, data = _prepared(usercode, "readcode.code:Fields")
+    split = data.split("train")
+    keys = [(3, i) for i in range(0, len(split), 3)]
+    batch = split.collate(split.__getitems__(keys))
+    want = default_collate(split.samples(keys))  # one converted sample at a time, then PyTorch's collate
+    assert batch.keys() == want.keys() == {"signal", "step", "labels"}
+    assert all(torch.equal(batch[k], want[k]) and batch[k].dtype == want[k].dtype for k in batch)
+    assert batch["labels"].dtype == torch.int64 and set(batch["labels"].tolist()) <= {0, 1, 2}
 
 
 @pytest.mark.timeout(400)

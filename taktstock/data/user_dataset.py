@@ -112,6 +112,9 @@ class UserSplit(SplitDataset):
         stacked = _stack_pairs(raw)
         if stacked is not None:
             return self._finish(stacked[0], stacked[1], positions, epoch)
+        fields = _stack_dicts(raw)
+        if fields is not None:
+            return fields | {"labels": self._labels(fields["labels"])}
         return default_collate([self._convert(item, int(p), epoch) for item, p in zip(raw, positions.tolist(), strict=True)])
 
     def _finish(self, x: Any, y: Any, positions: np.ndarray, epoch: int | None) -> tuple[Any, Any]:
@@ -247,6 +250,29 @@ def _stack(values: list[Any]) -> torch.Tensor | None:
     except (RuntimeError, ValueError):  # shapes differ: the per-item path names the problem
         return None
     return None
+
+
+def _stack_dicts(items: list[Any]) -> dict[str, Any] | None:
+    """A list of dict items with the same fields (target under `labels`) -> one dict of stacked fields, or None."""
+    first = items[0]
+    if type(first) is not dict or "labels" not in first:
+        return None
+    keys = first.keys()
+    if any(type(it) is not dict or it.keys() != keys for it in items):
+        return None
+    out: dict[str, Any] = {}
+    for k in keys:
+        values = [it[k] for it in items]
+        if k == "labels" and _is_text(values[0]):
+            if not all(_is_text(v) for v in values):
+                return None
+            out[k] = values
+            continue
+        stacked = _stack(values)
+        if stacked is None:
+            return None
+        out[k] = stacked
+    return out
 
 
 def _stack_pairs(items: list[Any]) -> tuple[torch.Tensor, Any] | None:
