@@ -261,14 +261,16 @@ def test_dict_items_are_stacked_field_by_field_as_default_collate_would(usercode
 
 
 @pytest.mark.timeout(400)
-def test_all_generator_dataset_with_2_workers_resumes_bit_identically_after_sigkill(usercode: Path) -> None:
+@pytest.mark.parametrize("source", ["AllGenerators", "RandomListOfItems"])
+def test_random_user_dataset_with_2_workers_resumes_bit_identically_after_sigkill(usercode: Path, source: str) -> None:
+    """Per-item `__getitem__` and a `__getitems__` batch, both drawing from all three generators."""
     import re
     import signal
 
     from tests.resume_harness import shared_server, wait_until
 
     raw = tiny_config(
-        data={"source": "readcode.code:AllGenerators", "kwargs": {"n": 400}, "num_workers": 2, "normalize": "none", "stratify": False},
+        data={"source": f"readcode.code:{source}", "kwargs": {"n": 400}, "num_workers": 2, "normalize": "none", "stratify": False},
         train={"epochs": 3, "batch_size": 16, "log_every_n_steps": 2},
         checkpoint={"every_n_steps": 6},
         model="readcode.code:Net",
