@@ -200,6 +200,8 @@ def test_fast_dev_run_runs_n_batches_and_leaves_no_run_files(workdir: Path) -> N
     assert "=== fast dev run: 2 training and 2 validation batch(es), one epoch" in proc.stderr
     assert re.search(r"│ steps\s+│\s+2 │", proc.stdout), proc.stdout  # two optimizer steps, one epoch
     assert files_under(workdir) == set()  # no experiments/, no checkpoints, no TensorBoard events, temp dir gone
+    one = run_cli("train", "--fast-dev-run", str(cfg), cwd=workdir)  # N defaults to 1, the flag anywhere
+    assert one.returncode == 0 and re.search(r"│ steps\s+│\s+1 │", one.stdout), one.stderr
     bad = run_cli("train", str(cfg), "--fast-dev-run", "0", cwd=workdir)
     assert bad.returncode == 2 and "--fast-dev-run must be at least 1" in bad.stderr
 
@@ -298,3 +300,15 @@ def test_activation_checkpointing_pattern_matching_nothing_exits_2(workdir: Path
     proc = run_cli("train", str(cfg), "model.activation_checkpointing=[blocks.*]", "--dry-run", cwd=workdir)
     assert proc.returncode == 2, proc.stderr
     assert "model.activation_checkpointing[0]: 'blocks.*' matches no submodule" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_profiler_and_activation_checkpointing_may_change_on_resume_but_val_limits_may_not(workdir: Path) -> None:
+    from taktstock.run_dir import RunDir
+    from taktstock.training.resume import check_resume_compatible
+
+    train(make_config(train={"epochs": 1}), run_dir=workdir / "run")
+    observe = ["train.profile={start_step: 1, steps: 1}", "model.activation_checkpointing=[net]"]
+    resumed = check_resume_compatible(RunDir(workdir / "run"), None, observe, force=False)
+    assert resumed.train.profile is not None and resumed.model.activation_checkpointing == ["net"]
+    with pytest.raises(ConfigError, match=r"train\.limit_val_batches"):
+        check_resume_compatible(RunDir(workdir / "run"), None, ["train.limit_val_batches=2"], force=False)

@@ -31,6 +31,18 @@ def fast_dev_overrides(n: int) -> list[str]:
     ]
 
 
+def take_count(args: list[str] | None) -> tuple[int, list[str]]:
+    """N of `--fast-dev-run [N]` and the other positional arguments.
+
+    The flag takes an optional number (typer options cannot), so N arrives as a positional argument: the
+    first one that is a whole number (a config file is never named like that; overrides hold '=')."""
+    rest = list(args or [])
+    for i, arg in enumerate(rest):
+        if arg.lstrip("-").isdigit():
+            return int(arg), rest[:i] + rest[i + 1 :]
+    return 1, rest
+
+
 def fast_dev_run(n: int, overrides: list[str], run: Callable[[list[str], Path], None]) -> None:
     """Call `run(overrides, run_dir)` with the debug overrides and a temporary run directory, then delete it."""
     if n < 1:
@@ -41,4 +53,4 @@ def fast_dev_run(n: int, overrides: list[str], run: Callable[[list[str], Path], 
     print(f"=== {banner} ===", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="taktstock-fast-dev-run-") as tmp:
         run([*overrides, *fast_dev_overrides(n)], Path(tmp) / "run")
-    print(f"=== fast dev run passed ({n} batch(es)); nothing was written ===", file=sys.stderr)
+    print(f"=== fast dev run passed ({n} batch(es)); nothing was kept ===", file=sys.stderr)

@@ -31,15 +31,12 @@ def train(
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate the best model on the test split afterwards.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, model summary and batch shapes; do not train.")] = False,
     fast_dev_run: Annotated[
-        int | None,
+        bool,
         typer.Option(
             "--fast-dev-run",
-            help="Debug run: N (default 1) training and validation batches, one epoch, nothing kept. Put it after CONFIG.",
-            flag_value=1,
-            is_flag=False,
-            show_default=False,
+            help="Debug run, --fast-dev-run [N]: N (default 1) training and validation batches, one epoch, nothing kept.",
         ),
-    ] = None,
+    ] = False,
     nproc_per_node: Annotated[
         int | None,
         typer.Option("--nproc-per-node", help="Processes per node (one per GPU): starts the run via torchrun.", rich_help_panel=_DIST),
@@ -64,6 +61,10 @@ def train(
     from taktstock.errors import TrainingAborted
     from taktstock.training.trainer import Preempted
 
+    if fast_dev_run:
+        from taktstock.commands.fast_dev_run import take_count
+
+        fast_dev_batches, args = take_count(args)
     config_path, overrides = split_config_args(args)
     if config_path is None and resume is None:
         config_path = _default_config()
@@ -73,7 +74,7 @@ def train(
         do_dry_run(config_path, overrides)
         return
     distributed = nproc_per_node is not None or nnodes > 1 or rdzv_endpoint
-    if fast_dev_run is not None:
+    if fast_dev_run:
         from taktstock.commands.fast_dev_run import fast_dev_run as do_fast_dev_run
         from taktstock.errors import UserError
 
@@ -91,7 +92,7 @@ def train(
 
                 run_train(config_path, debug_overrides, run_dir=tmp_run)
 
-        do_fast_dev_run(fast_dev_run, overrides, run_once)
+        do_fast_dev_run(fast_dev_batches, overrides, run_once)
         return
     if distributed:
         from taktstock.commands.launch import LaunchOptions

@@ -25,7 +25,8 @@ import torch
 
 from taktstock.training.probe import Probe
 
-TIMED_STEPS = 2
+# Timed steps per candidate: at least 3 and 0.2 s (a tiny model's step is noise-sized), at most 50.
+MIN_TIMED_STEPS, MIN_TIMED_S, MAX_TIMED_STEPS = 3, 0.2, 50
 
 
 @dataclass
@@ -104,12 +105,13 @@ def try_micro_batch(probe: Probe, micro: int, accumulate: int, budget_mb: float 
             memory = (_fixed_bytes(probe) + counter.total + _batch_bytes(batch)) / 2**20
         if budget_mb is not None and memory > budget_mb:
             return Candidate(micro, accumulate, False, memory, None, "over --memory-budget")
-        start = time.perf_counter()
-        for _ in range(TIMED_STEPS):
+        start, steps = time.perf_counter(), 0
+        while steps < MIN_TIMED_STEPS or (time.perf_counter() - start < MIN_TIMED_S and steps < MAX_TIMED_STEPS):
             probe.step([batch])
-        if cuda:
-            torch.cuda.synchronize(probe.device)
-        rate = TIMED_STEPS * micro / (time.perf_counter() - start)
+            if cuda:
+                torch.cuda.synchronize(probe.device)
+            steps += 1
+        rate = steps * micro / (time.perf_counter() - start)
         return Candidate(micro, accumulate, True, memory, rate)
     except torch.OutOfMemoryError:
         _free(probe)

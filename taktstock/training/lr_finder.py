@@ -95,7 +95,7 @@ def plot_lr_finder(result: LrFinderResult, path: str, title: str) -> None:
     ax.set_xscale("log")
     finite = [v for v in result.smoothed if math.isfinite(v)]
     if finite:  # the divergence at the end would squash the interesting part
-        low, first = min(finite), finite[0]
+        low, first = min(finite + [v for v in result.losses if math.isfinite(v)]), finite[0]
         ax.set_ylim(low - 0.1 * (first - low + 1e-12), max(first, low) + 0.3 * (first - low + 1e-12))
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")

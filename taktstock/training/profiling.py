@@ -10,6 +10,7 @@ Off by default and then not even registered; when on, it starts before step `sta
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ class ProfilerWindow:
     def _maybe_start(self, step: int) -> None:
         if self.prof is not None or step + 1 != self.cfg.start_step:
             return
+        if not self.cuda:
+            # Kineto (the profiler's tracing library) of a CUDA build logs start/stop lines and a failed GPU query
+            # on a machine without one: noise in a CPU run's log. A user's own setting wins.
+            os.environ.setdefault("KINETO_LOG_LEVEL", "99")
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
