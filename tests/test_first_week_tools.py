@@ -141,6 +141,49 @@ def test_find_batch_size_stops_at_out_of_memory_and_keeps_the_global_batch(workd
     assert files_under(workdir) - {"picky.py"} - {str(p.relative_to(workdir)) for p in (workdir / "run").rglob("*")} == set()
 
 
+BACKWARD_OOM_MODEL = '''
+import torch
+from torch import nn
+
+
+def _fail(grad):
+    raise torch.OutOfMemoryError("CUDA out of memory in the backward pass")
+
+
+class LateOom(nn.Module):
+    """Runs out of memory half-way through the backward pass above 16 samples: the head already has its gradient."""
+
+    def __init__(self, input_shape, num_outputs):
+        super().__init__()
+        self.body, self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 32)), nn.Linear(32, num_outputs)
+
+    def forward(self, x):
+        h = self.body(x)
+        if x.shape[0] > 16 and h.requires_grad:
+            h.register_hook(_fail)
+        return self.head(h)
+'''
+
+
+def test_find_batch_size_frees_the_partial_gradients_of_a_failed_step(workdir: Path) -> None:
+    (workdir / "late_oom.py").write_text(BACKWARD_OOM_MODEL)
+    config = validate(tiny_config(train={"batch_size": 32}) | {"model": {"name": "late_oom:LateOom"}}, {}, "test")
+    probe = Probe.build(config, DistEnv())
+    _, tried = find_batch_size(probe)
+    assert [(c.micro, c.fits, c.reason) for c in tried][-2:] == [(16, True, ""), (32, False, "out of memory")]
+    assert all(p.grad is None for p in probe.model.parameters())  # the head's gradient of the failed step is gone
+
+
+def test_find_lr_runs_under_autocast(workdir: Path) -> None:
+    from taktstock.training.lr_finder import find_lr
+
+    sections = {"model": {"name": "mlp", "hidden": [32], "dropout": 0.0}}
+    full = find_lr(Probe.build(make_config(**sections), DistEnv()), steps=15, min_lr=1e-5, max_lr=1e-2)
+    bf16 = find_lr(Probe.build(make_config(**sections, train={"precision": "bf16"}), DistEnv()), steps=15, min_lr=1e-5, max_lr=1e-2)
+    assert len(full.losses) == len(bf16.losses) == 15 and bf16.stopped == "completed"
+    assert bf16.losses != full.losses and bf16.losses == pytest.approx(full.losses, rel=0.02)  # bf16 rounding, same curve
+
+
 def test_find_batch_size_respects_a_cpu_memory_budget(workdir: Path) -> None:
     config = make_config(model={"name": "mlp", "hidden": [256, 256], "dropout": 0.0}, train={"batch_size": 64})
     _, everything = find_batch_size(Probe.build(config, DistEnv()))

@@ -45,7 +45,8 @@ def find_lr(
     config = load_config(config_path, overrides)
     out = out or Path(f"{config.experiment.name}-lr-find.png")
     if nproc_per_node is not None:
-        _launch_workers(nproc_per_node, config, ["find-lr", *map(str, [*(args or [])])], steps, min_lr, max_lr, out, apply)
+        worker = ["find-lr", *([str(config_path)] if config_path else []), *overrides]
+        _launch_workers(nproc_per_node, config, worker, steps, min_lr, max_lr, out, apply)
         return
     from taktstock.training.distributed import setup_distributed, teardown_distributed
     from taktstock.training.lr_finder import find_lr as run_finder

@@ -80,7 +80,7 @@ class ProfilerWindow:
         if self.cfg.memory and self.cuda:
             torch.cuda.memory._dump_snapshot(str(self.out_dir / "memory_snapshot.pickle"))
             torch.cuda.memory._record_memory_history(enabled=None)
-        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
+        sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=sort, row_limit=TOP_OPS, max_name_column_width=40)
         (self.out_dir / "top_ops.txt").write_text(table + "\n")
         print(f"profile of steps {self.first_step}-{step}: {self.out_dir} (top ops by {sort.replace('_', ' ')})")
