@@ -202,6 +202,8 @@ def test_find_batch_size_rejects_a_budget_nothing_fits(workdir: Path) -> None:
     cfg = write_config(workdir / "config.yaml", tiny_config())
     proc = run_cli("find-batch-size", str(cfg), "--memory-budget", "0.001", cwd=workdir)
     assert proc.returncode == 2 and "error: find-batch-size: not even a micro-batch of 1 fits (over --memory-budget)" in proc.stderr
+    nowhere = run_cli("find-lr", str(cfg), "--apply", "missing/dir/lr.yaml", cwd=workdir)
+    assert nowhere.returncode == 2 and "error: --apply missing/dir/lr.yaml: the directory" in nowhere.stderr
 
 
 # -- profiler ----------------------------------------------------------------------------------------
@@ -221,6 +223,9 @@ def test_profile_window_writes_a_trace_of_exactly_its_steps(workdir: Path) -> No
     assert any(e.get("name") == "[memory]" for e in events)  # memory: true records allocations
     assert "profile of steps 3-4:" in proc.stdout and "aten::" in proc.stdout
     assert "Self CPU" in (workdir / "run" / "profile" / "top_ops.txt").read_text()
+    late = run_cli("train", str(cfg), "--run-dir", "late", "train.profile.start_step=100", cwd=workdir)
+    assert late.returncode == 0 and not (workdir / "late" / "profile").exists()
+    assert "note: nothing profiled: the run ended at step 20, before train.profile.start_step 100" in late.stdout
 
 
 def test_profile_is_off_by_default() -> None:

@@ -44,6 +44,8 @@ def find_lr(
         raise UserError(f"--min-lr must be positive and below --max-lr, got {min_lr:g} and {max_lr:g}")
     config = load_config(config_path, overrides)
     out = out or Path(f"{config.experiment.name}-lr-find.png")
+    _check_writable(out, "--out")
+    _check_writable(apply, "--apply")
     if nproc_per_node is not None:
         worker = ["find-lr", *([str(config_path)] if config_path else []), *overrides]
         _launch_workers(nproc_per_node, config, worker, steps, min_lr, max_lr, out, apply)
@@ -68,6 +70,14 @@ def find_lr(
     print(f"suggested optim.lr: {result.suggestion:.3g} (steepest descent of the smoothed loss; configured {config.optim.lr:g})")
     if apply is not None:
         _write(_with_lr(config, result.suggestion), apply)
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    """A file the command will write: its directory must exist (checked before minutes of work, not after)."""
+    if path is not None and not path.resolve().parent.is_dir():
+        from taktstock.errors import UserError
+
+        raise UserError(f"{option} {path}: the directory {path.resolve().parent} does not exist")
 
 
 def _with_lr(config: Config, lr: float) -> Config:
@@ -133,6 +143,7 @@ def find_batch_size(
 
     config_path, overrides = split_config_args(args)
     config = load_config(config_path, overrides)
+    _check_writable(apply, "--apply")
     if DistEnv.from_environ().enabled:
         raise UserError("find-batch-size measures one process: run it without torchrun (use --world-size to plan a multi-process run)")
     t = config.train

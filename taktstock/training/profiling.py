@@ -48,6 +48,10 @@ class ProfilerWindow:
     def on_train_end(self, trainer: Any) -> None:
         if self.prof is not None:  # the run ended inside the window: keep what was recorded
             self._stop(trainer.state.step)
+        elif not self.first_step and trainer.state.step < self.cfg.start_step:
+            print(
+                f"note: nothing profiled: the run ended at step {trainer.state.step}, before train.profile.start_step {self.cfg.start_step}"
+            )
 
     def _maybe_start(self, step: int) -> None:
         if self.prof is not None or step + 1 != self.cfg.start_step:
