@@ -117,6 +117,8 @@ def _check_options(names: tuple[str, ...], command: Any, args: list[str]) -> lis
             assert name in options, f"'taktstock {' '.join(names)}' has no option {name} (it has {sorted(options)})"
             if not options[name].is_flag and "=" not in token:
                 i += 1  # its value
+            elif name == "--fast-dev-run" and i + 1 < len(args) and args[i + 1].isdigit():
+                i += 1  # its optional count (commands/fast_dev_run.py: take_count)
         elif not token.startswith("-"):
             positional.append(args[i])
         i += 1
