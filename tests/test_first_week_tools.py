@@ -202,6 +202,8 @@ def test_find_batch_size_rejects_a_budget_nothing_fits(workdir: Path) -> None:
     cfg = write_config(workdir / "config.yaml", tiny_config())
     proc = run_cli("find-batch-size", str(cfg), "--memory-budget", "0.001", cwd=workdir)
     assert proc.returncode == 2 and "error: find-batch-size: not even a micro-batch of 1 fits (over --memory-budget)" in proc.stderr
+    uneven = run_cli("find-batch-size", str(cfg), "--world-size", "3", cwd=workdir)
+    assert uneven.returncode == 2 and "the global batch 64 (train.batch_size 64 x accumulate_grad_batches 1) cannot" in uneven.stderr
     nowhere = run_cli("find-lr", str(cfg), "--apply", "missing/dir/lr.yaml", cwd=workdir)
     assert nowhere.returncode == 2 and "error: --apply missing/dir/lr.yaml: the directory" in nowhere.stderr
 

@@ -158,7 +158,9 @@ def find_batch_size(
     if not tried:
         raise UserError(
             f"find-batch-size: the global batch {global_batch} (train.batch_size {t.batch_size} x accumulate_grad_batches "
-            f"{t.accumulate_grad_batches}) cannot be split into equal micro-batches over --world-size {world_size}"
+            f"{t.accumulate_grad_batches}) cannot be split into equal micro-batches over --world-size {world_size} "
+            f"in parts of at most {'--max ' + str(largest) + ' and ' if largest else ''}"
+            f"the {len(probe.data.split('train'))} training samples"
         )
     kind = "peak allocated" if probe.device.type == "cuda" else "estimate"
     rows: list[dict[str, Any]] = []
