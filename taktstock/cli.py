@@ -43,6 +43,7 @@ def _register() -> None:
         config_cmd,
         evaluate_cmd,
         export_cmd,
+        find_cmd,
         generate_cmd,
         models_cmd,
         new_cmd,
@@ -69,6 +70,7 @@ def _register() -> None:
         predict_cmd,
         generate_cmd,
         models_cmd,
+        find_cmd,
     )
     for module in modules:
         module.register(app)

@@ -32,7 +32,16 @@ STANDS_FOR = {
 # Config files an earlier command writes (a sweep's best.yaml, a trial's config): parsed, not resolved.
 WRITTEN_BY_A_RUN = re.compile(r"(^|/)(best|trial)\.yaml$")
 # Commands whose positional arguments are CONFIG [key=value ...].
-CONFIG_COMMANDS = {("train",), ("tune",), ("prepare",), ("config", "show"), ("pipeline", "dvc"), ("pipeline", "airflow")}
+CONFIG_COMMANDS = {
+    ("train",),
+    ("tune",),
+    ("prepare",),
+    ("config", "show"),
+    ("pipeline", "dvc"),
+    ("pipeline", "airflow"),
+    ("find-lr",),
+    ("find-batch-size",),
+}
 # YAML fragments that are only valid on top of another experiment: the first key path -> that experiment.
 FRAGMENT_BASE = {"logging.samples": "experiments/lm_stdlib.yaml"}
 # Import paths of the guides' own example code (docs/custom-code.md): checked against the schema only.
@@ -108,6 +117,8 @@ def _check_options(names: tuple[str, ...], command: Any, args: list[str]) -> lis
             assert name in options, f"'taktstock {' '.join(names)}' has no option {name} (it has {sorted(options)})"
             if not options[name].is_flag and "=" not in token:
                 i += 1  # its value
+            elif name == "--fast-dev-run" and i + 1 < len(args) and args[i + 1].isdigit():
+                i += 1  # its optional count (commands/fast_dev_run.py: take_count)
         elif not token.startswith("-"):
             positional.append(args[i])
         i += 1

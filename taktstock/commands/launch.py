@@ -184,3 +184,14 @@ def _run_torchrun(argv: list[str]) -> None:
         ) from None
     except SignalException as exc:
         raise LaunchFailed(128 + int(exc.sigval), None) from None
+
+
+def run_workers(opts: LaunchOptions, worker_args: list[str]) -> None:
+    """Run `taktstock WORKER_ARGS` on `opts.world_size` processes (a tool that needs no run directory, e.g. find-lr).
+
+    Raises UserError before start-up, LaunchFailed when a worker fails."""
+    if "WORLD_SIZE" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        raise UserError("--nproc-per-node: already running under torchrun; drop the launcher options")
+    opts.validate()
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus() // opts.nproc_per_node)))
+    _run_torchrun(torchrun_argv(opts, worker_args))

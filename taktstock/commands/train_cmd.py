@@ -30,6 +30,13 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Resume even if the config changed in ways that break exactness.")] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate the best model on the test split afterwards.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, model summary and batch shapes; do not train.")] = False,
+    fast_dev_run: Annotated[
+        bool,
+        typer.Option(
+            "--fast-dev-run",
+            help="Debug run, --fast-dev-run [N]: N (default 1) training and validation batches, one epoch, nothing kept.",
+        ),
+    ] = False,
     nproc_per_node: Annotated[
         int | None,
         typer.Option("--nproc-per-node", help="Processes per node (one per GPU): starts the run via torchrun.", rich_help_panel=_DIST),
@@ -54,6 +61,10 @@ def train(
     from taktstock.errors import TrainingAborted
     from taktstock.training.trainer import Preempted
 
+    if fast_dev_run:
+        from taktstock.commands.fast_dev_run import take_count
+
+        fast_dev_batches, args = take_count(args)
     config_path, overrides = split_config_args(args)
     if config_path is None and resume is None:
         config_path = _default_config()
@@ -62,7 +73,28 @@ def train(
 
         do_dry_run(config_path, overrides)
         return
-    if nproc_per_node is not None or nnodes > 1 or rdzv_endpoint:
+    distributed = nproc_per_node is not None or nnodes > 1 or rdzv_endpoint
+    if fast_dev_run:
+        from taktstock.commands.fast_dev_run import fast_dev_run as do_fast_dev_run
+        from taktstock.errors import UserError
+
+        if resume is not None or run_dir is not None or evaluate or nnodes > 1:
+            raise UserError("--fast-dev-run keeps nothing: it takes no --resume, --run-dir, --evaluate or multi-node options")
+
+        def run_once(debug_overrides: list[str], tmp_run: Path) -> None:
+            if distributed:
+                from taktstock.commands.launch import LaunchOptions
+
+                opts = LaunchOptions(nproc_per_node or 1, 1, 0, master_addr, master_port, rdzv_endpoint, 0)
+                _launch(config_path, debug_overrides, tmp_run, None, False, False, opts, report=False)
+            else:
+                from taktstock.training.run import train as run_train
+
+                run_train(config_path, debug_overrides, run_dir=tmp_run)
+
+        do_fast_dev_run(fast_dev_batches, overrides, run_once)
+        return
+    if distributed:
         from taktstock.commands.launch import LaunchOptions
 
         opts = LaunchOptions(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts)
@@ -126,6 +158,7 @@ def _launch(
     force: bool,
     evaluate: bool,
     opts: LaunchOptions,
+    report: bool = True,
 ) -> None:
     from taktstock.commands.launch import LaunchFailed, launch
 
@@ -135,7 +168,7 @@ def _launch(
         if exc.message:
             print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    if opts.node_rank != 0:
+    if opts.node_rank != 0 or not report:
         return
     if evaluate:
         from taktstock.evaluation.evaluate import evaluate as run_evaluate

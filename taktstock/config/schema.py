@@ -289,6 +289,11 @@ class ModelConfig(BaseModel):
     hf_config: dict[str, Any] | None = Field(
         None, description="hf:: build a randomly initialised model from this Hugging Face config (model_type plus its fields)."
     )
+    activation_checkpointing: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns of submodule names (e.g. 'blocks.*') whose activations are recomputed in the backward "
+        "pass instead of stored (torch.utils.checkpoint, non-reentrant): less memory, more compute.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -368,6 +373,16 @@ class EmaConfig(Section):
     every_n_steps: int = Field(1, ge=1, description="Update the EMA every N optimizer steps.")
 
 
+class ProfileConfig(Section):
+    start_step: int = Field(5, ge=1, description="First optimizer step profiled (1-based; skip the slow first steps).")
+    steps: int = Field(3, ge=1, le=1000, description="Optimizer steps in the profiled window.")
+    memory: bool = Field(
+        False,
+        description="Record memory: tensor allocations in the profile and, on CUDA, a memory snapshot "
+        "(RUN_DIR/profile/memory_snapshot.pickle for pytorch.org/memory_viz).",
+    )
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Number of epochs.")
     max_steps: int | None = Field(None, ge=1, description="Optional cap on optimizer steps (stops early when reached).")
@@ -390,6 +405,24 @@ class TrainConfig(Section):
     ema: EmaConfig | None = Field(
         None, description="Exponential moving average of the weights: validated, checkpointed and exported as best.safetensors."
     )
+    profile: ProfileConfig | None = Field(
+        None,
+        description="A torch.profiler window: a trace in RUN_DIR/profile/ (TensorBoard, Perfetto) and the top ops "
+        "in the summary; null: off.",
+    )
+    limit_train_batches: int | None = Field(None, ge=1, description="Debugging: train on the first N batches of each epoch only.")
+    limit_val_batches: int | None = Field(None, ge=1, description="Debugging: validate on the first N validation batches only.")
+    overfit_batches: int | None = Field(
+        None,
+        ge=1,
+        description="Debugging: train and validate on the same first N training batches every epoch; a working model drives the loss to ~0.",
+    )
+
+    @model_validator(mode="after")
+    def _one_batch_limit(self) -> TrainConfig:
+        if self.overfit_batches is not None and self.limit_train_batches is not None:
+            raise ValueError("train.overfit_batches and train.limit_train_batches exclude each other (overfit_batches fixes the batches)")
+        return self
 
     @field_validator("device")
     @classmethod

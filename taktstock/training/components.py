@@ -10,6 +10,7 @@ from torch import nn
 
 from taktstock.config.schema import Config, TrainConfig
 from taktstock.data.dataset import PreparedDataset, Spec, input_shape
+from taktstock.models.activation_checkpointing import apply_activation_checkpointing
 from taktstock.models.finetune import freeze
 from taktstock.models.init import initialize
 from taktstock.models.registry import build_model
@@ -38,6 +39,7 @@ def build_model_for(
     if initial_weights:
         load_initial_weights(model, config.model, announce=dist.is_main)
     freeze(model, config.model.freeze)
+    apply_activation_checkpointing(model, config.model.activation_checkpointing)
     model.to(device)
     if config.train.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)

@@ -17,6 +17,8 @@ SAFE_PREFIXES = (
     "train.max_steps",
     "train.log_every_n_steps",
     "train.callbacks",
+    "train.profile",  # observes the steps, changes nothing
+    "model.activation_checkpointing",  # recomputes the same activations: bit-identical training (tests/test_first_week_tools.py)
     "logging.",
     "checkpoint.keep_last",
     "checkpoint.every_n_steps",  # where checkpoints are taken does not change the computation

@@ -27,6 +27,7 @@ from taktstock.tracking.factory import build_trackers
 from taktstock.tracking.jsonl import MetricsFile, read_metrics
 from taktstock.training import components
 from taktstock.training.checks import check_config_fits_data
+from taktstock.training.debug_batches import debug_train_batches, debug_val_batches
 from taktstock.training.device import select_device
 from taktstock.training.distributed import DistEnv, is_sharded, setup_distributed, teardown_distributed
 from taktstock.training.ema import averaged_weights, build_ema
@@ -35,6 +36,7 @@ from taktstock.training.monitor import MetricMonitor
 from taktstock.training.optim import build_optimizer, build_scheduler
 from taktstock.training.parts import TrainerParts, full_model_state, register_parts
 from taktstock.training.precision import autocast_factory, grad_scaler
+from taktstock.training.profiling import profiler_callbacks
 from taktstock.training.resume import check_resume_compatible
 from taktstock.training.rng import seed_everything
 from taktstock.training.samples import sample_loggers
@@ -101,7 +103,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
             _clear_previous_run(run, announce=not resuming)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
         _copy_tokenizer(data, run)
-    train_batches = build_train_batches(data.split("train"), config, device, dist.rank, dist.world_size)
+    train_batches = debug_train_batches(build_train_batches(data.split("train"), config, device, dist.rank, dist.world_size), config)
     settings = LoopSettings.from_config(config, len(train_batches))
     # The LR schedule's horizon is known before anything is built: this run's steps, or the original run's on resume.
     horizon = schedule_horizon(settings.total_steps, config.scheduler.name, ckpt_state)
@@ -116,7 +118,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         scheduler=build_scheduler(config, optimizer, horizon),
         scaler=grad_scaler(config.train.precision, device),
         train_batches=train_batches,
-        val_batches=_val_batches(config, data, dist) if len(data.split("val")) else None,
+        val_batches=debug_val_batches(_val_batches(config, data, dist) if len(data.split("val")) else None, train_batches, config),
         val_metrics=build_epoch_metrics(config, data.num_outputs, device, "val"),
         trackers=trackers,
         metrics_file=(metrics_file := MetricsFile(run.metrics)),
@@ -128,7 +130,8 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
         callbacks=components.callbacks_for(config.train)
         + finetune_callbacks(config.model, model)
         + list(callbacks or [])
-        + sample_loggers(config, data, run, dist.is_main),
+        + sample_loggers(config, data, run, dist.is_main)
+        + profiler_callbacks(config.train.profile, run.root / "profile", device, dist.is_main),
         # train.ema: best.safetensors holds the EMA weights (best.pt keeps the raw ones in "model").
         save_best_weights=(lambda state: save_weights(model, run.best, averaged_weights(state["ema"]) if ema else state["model"]))
         if dist.is_main
