@@ -477,7 +477,15 @@ class SamplesConfig(Section):
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files to RUN_DIR/tensorboard.")
     histogram_every_n_steps: int | None = Field(None, ge=1, description="Log weight and gradient histograms to TensorBoard every N steps.")
-    progress: Literal["auto", "on", "off"] = Field("auto", description="Console progress bar; auto: only on a terminal.")
+    progress: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Console progress. auto: a progress bar on a terminal; without one (a batch job's log) one plain line per "
+        "validation and every logging.progress_every_minutes, with step, epoch, metrics, throughput and ETA. "
+        "on: the bar even without a terminal. off: nothing until the summary.",
+    )
+    progress_every_minutes: float = Field(
+        5.0, gt=0, description="Without a terminal (logging.progress: auto): a plain training line at most this often, between validations."
+    )
     plots: bool = Field(True, description="Write learning-curve PNGs at the end of training.")
     fail_soft: bool = Field(
         False, description="Continue without a tracking backend that cannot be reached at start (default: exit with an error)."

@@ -57,7 +57,9 @@ class Trainer:
         self._no_sync = getattr(parts.forward_model, "no_sync", None)
         self._plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.preemption = PreemptionHandler()
-        self.progress = ConsoleProgress(settings.progress, settings.total_steps, parts.dist.is_main)
+        self.progress = ConsoleProgress(
+            settings.progress, settings.total_steps, parts.dist.is_main, settings.progress_every_minutes, settings.epochs
+        )
         self._t0, self._samples = time.perf_counter(), 0
         self.throughput = 0.0
 
@@ -219,6 +221,12 @@ class Trainer:
             )
         s.last_val_step = s.step
         self._log(metrics)
+        if self.throughput:
+            self.progress.validation(
+                s.step, s.epoch, metrics, f"{self.throughput:,.0f} {'tokens' if self.settings.tokens else 'samples'}/s"
+            )
+        else:
+            self.progress.validation(s.step, s.epoch, metrics)
         self._callback("on_validation_end", metrics=metrics)
         value = metrics.get(p.monitor.name)
         if value is None:
@@ -249,7 +257,8 @@ class Trainer:
             # A timing, so it is the one value in metrics.jsonl that differs between a resumed run and an uninterrupted one.
             record["train/tokens_per_s"] = round(self.throughput, 1)
         self._log(record)
-        self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {self.throughput:,.0f} {unit}/s")
+        rate = f"{self.throughput:,.0f} {unit}/s"
+        self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {rate}", record, self.state.epoch, rate)
 
     def _log(self, metrics: dict[str, float]) -> None:
         if not metrics or not self.p.dist.is_main:
