@@ -454,6 +454,10 @@ class MlflowConfig(Section):
     parent_run_id: str | None = Field(
         None, description="Create the run as a child of this MLflow run (tag mlflow.parentRunId), e.g. the parent run of a sweep."
     )
+    system_metrics: bool = Field(
+        True, description="Record CPU, memory, disk, network and (with pynvml) GPU use in the run's System metrics (needs psutil)."
+    )
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system-metrics samples.")
 
 
 class WandbConfig(Section):
