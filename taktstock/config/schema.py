@@ -491,6 +491,14 @@ class LoggingConfig(Section):
         5.0, gt=0, description="Without a terminal (logging.progress: auto): a plain training line at most this often, between validations."
     )
     plots: bool = Field(True, description="Write learning-curve PNGs at the end of training.")
+    device_stats: bool = Field(
+        True,
+        description="CUDA: log device/mem_allocated_gib, mem_reserved_gib, mem_peak_gib, utilization_pct (with pynvml) and, "
+        "for language models, device/mfu (model FLOPs utilisation) with the training metrics; CPU runs log none.",
+    )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="The GPU's peak TFLOP/s for device/mfu; null: from a table of known GPUs by name (no MFU if unknown)."
+    )
     fail_soft: bool = Field(
         False, description="Continue without a tracking backend that cannot be reached at start (default: exit with an error)."
     )
