@@ -35,9 +35,9 @@ wait_http() {  # the server answers, or give up after 60 s
 
 shot() {  # URL FILE [WIDTHxHEIGHT]
   local size=${3:-1280,800}
-  # A generous virtual-time budget and drawing every compositor stage: the dashboards fetch their data
+  # Software WebGL draws TensorBoard's charts. A generous virtual-time budget and drawing every compositor stage: the dashboards fetch their data
   # after the page loads and draw charts lazily.
-  "$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --virtual-time-budget=60000 \
+  "$browser" --headless --no-sandbox --use-gl=swiftshader --enable-unsafe-swiftshader --hide-scrollbars --virtual-time-budget=60000 \
     --run-all-compositor-stages-before-draw --window-size="$size" --screenshot="$2" "$1" >/dev/null 2>&1
   echo "wrote $2"
 }
@@ -48,7 +48,7 @@ pids+=($!)
 pids+=($!)
 
 wait_http "http://127.0.0.1:$tb_port/"
-shot "http://127.0.0.1:$tb_port/#timeseries" "$out/tensorboard-timeseries.png" 1440,900
+shot "http://127.0.0.1:$tb_port/?tagFilter=val#timeseries" "$out/tensorboard-timeseries.png" 1440,900
 shot "http://127.0.0.1:$tb_port/#hparams" "$out/tensorboard-hparams.png"
 
 read -r exp_id run_id < <("$python" - "$db" "$experiment" <<'EOF'
@@ -68,3 +68,7 @@ base="http://127.0.0.1:$ml_port/#/experiments/$exp_id/runs/$run_id"
 shot "$base" "$out/mlflow-run.png" 1280,1000
 shot "$base/system-metrics" "$out/mlflow-system-metrics.png"
 rm -f "$out/.tensorboard.log" "$out/.mlflow.log"
+# Lossy palette compression keeps the PNGs small enough to commit (Debian: apt-get install -y pngquant).
+if command -v pngquant >/dev/null; then
+  for f in "$out"/*.png; do pngquant --force --skip-if-larger --quality=70-90 --output "$f" "$f" || true; done
+fi
