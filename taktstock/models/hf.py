@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import sys
 import types
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ def _from_pretrained(auto: Any, arch: str, kwargs: dict[str, Any], num_classes: 
             lg.setLevel(level)
         if quiet and bars:
             transformers.utils.logging.enable_progress_bar()
-    if not quiet:
+    if not quiet and os.environ.get("RANK", "0") == "0":  # once per run, not once per process of a multi-process run
         for line in _load_notes(arch, info, num_classes):
             print(f"note: {line}", file=sys.stderr)
     return model
