@@ -235,12 +235,8 @@ class Trainer:
             )
         s.last_val_step = s.step
         self._log(metrics)
-        if self.throughput:
-            self.progress.validation(
-                s.step, s.epoch, metrics, f"{self.throughput:,.0f} {'tokens' if self.settings.tokens else 'samples'}/s"
-            )
-        else:
-            self.progress.validation(s.step, s.epoch, metrics)
+        unit = "tokens" if self.settings.tokens else "samples"
+        self.progress.validation(s.step, s.epoch, metrics, f"{self.throughput:,.0f} {unit}/s" if self.throughput else "")
         self._callback("on_validation_end", metrics=metrics)
         value = metrics.get(p.monitor.name)
         if value is None:
