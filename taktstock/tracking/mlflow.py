@@ -270,8 +270,9 @@ class MlflowTracker:
             return
         monitor.finish()
         # The monitor publishes only after a full interval: a run shorter than that would show an empty tab.
+        # Not to a server that already failed (each request would wait out its retries).
         last = monitor.aggregate_metrics()
-        if last:
+        if last and (self.writer is None or self.writer.error is None):
             monitor.publish_metrics(last)
             monitor.mlflow_logger.flush()
 
