@@ -11,7 +11,7 @@ RUN_DIR/ema.safetensors     train.ema: the final EMA weights
 RUN_DIR/preprocessing.json  normalisation and class names, for predict/export
 RUN_DIR/tokenizer.json      text runs: the tokenizer, for predict/generate
 RUN_DIR/eval/               evaluate's metrics.json, report.json, confusion_matrix.png
-RUN_DIR/tensorboard/        event files
+RUN_DIR/events.out.tfevents.*  TensorBoard event files (in the run directory: TensorBoard names the run after it)
 RUN_DIR/plots/              learning curves
 """
 
@@ -48,7 +48,12 @@ class RunDir:
     ema = property(lambda self: self.root / "ema.safetensors")
     preprocessing = property(lambda self: self.root / "preprocessing.json")
     eval_dir = property(lambda self: self.root / "eval")
-    tensorboard = property(lambda self: self.root / "tensorboard")
+    events_dir = property(lambda self: self.root)  # TensorBoard names a run by its event files' directory
+
+    def event_files(self) -> list[Path]:
+        """TensorBoard event files of this run (and of a run written before they moved out of tensorboard/)."""
+        return sorted([*self.root.glob("events.out.tfevents.*"), *(self.root / "tensorboard").glob("events.out.tfevents.*")])
+
     plots = property(lambda self: self.root / "plots")
 
     def read_info(self) -> dict[str, Any]:

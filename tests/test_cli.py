@@ -46,7 +46,7 @@ def test_train_writes_the_documented_run_directory(default_run: tuple[Path, subp
     for name in ("last.pt", "last.json", "best.pt", "best.json"):
         assert (ckpts / name).is_file(), name
     assert list(ckpts.glob("step-*.pt"))
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(run.glob("events.out.tfevents.*"))  # in the run directory: TensorBoard names the run after it
     assert (run / "plots" / "learning_curves.png").read_bytes().startswith(PNG)
     assert (run / "eval" / "confusion_matrix.png").read_bytes().startswith(PNG)
     report = json.loads((run / "eval" / "report.json").read_text())

@@ -45,7 +45,7 @@ def test_samples_are_logged_at_each_validation_and_leave_training_bit_identical(
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(sampled / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    events = EventAccumulator(str(sampled), size_guidance={"tensors": 0}).Reload()
     texts = events.Tensors("samples/text_summary")
     assert [t.step for t in texts] == [6, 12]
     assert lines[2]["text"].splitlines()[0] in texts[1].tensor_proto.string_val[0].decode()

@@ -42,9 +42,9 @@ def test_resume_without_a_valid_checkpoint_starts_clean_and_matches_a_fresh_run(
     # Every checkpoint is gone (e.g. the run was killed before its first one was complete).
     shutil.rmtree(workdir / "run" / "checkpoints")
     (workdir / "run" / "checkpoints").mkdir()
-    events_before = sorted((workdir / "run" / "tensorboard").iterdir())
+    events_before = sorted((workdir / "run").glob("events.out.tfevents.*"))
     train(resume=workdir / "run")
     assert (workdir / "run" / "model.safetensors").read_bytes() == (workdir / "fresh" / "model.safetensors").read_bytes()
     assert (workdir / "run" / "metrics.jsonl").read_bytes() == (workdir / "fresh" / "metrics.jsonl").read_bytes()
     # The earlier attempt's event files are gone: TensorBoard shows one curve, not two.
-    assert not set(events_before) & set((workdir / "run" / "tensorboard").iterdir())
+    assert events_before and not set(events_before) & set((workdir / "run").glob("events.out.tfevents.*"))

@@ -64,7 +64,7 @@ def test_sigkill_at_random_points_resumes_bit_identical_in_memory_batches(server
     stats = kill_and_resume(server, tmp_path, cfg, run, kills=8, rng=random.Random(11), total_lines=count_lines(ref / "metrics.jsonl"))
     assert stats.kills == 8, stats.points
     assert_same_run(run, ref)
-    assert_continuous_tensorboard(run / "tensorboard", ref / "tensorboard")
+    assert_continuous_tensorboard(run, ref)
 
 
 def test_sigkill_at_random_points_resumes_bit_identical_with_dataloader_workers(server, tmp_path):

@@ -95,7 +95,7 @@ def test_resume_after_sigkill_continues_the_same_mlflow_wandb_and_tensorboard_ru
     assert killed_rows == list(range(1, len(killed_rows) + 1)) and len(killed_rows) <= 12
 
     # TensorBoard: purge_step drops the killed attempt's events after the checkpoint: one continuous curve
-    scalars = [(e.step, e.value) for e in _tb_events(workdir / "run" / "tensorboard").Scalars("train/loss_step")]
+    scalars = [(e.step, e.value) for e in _tb_events(workdir / "run").Scalars("train/loss_step")]
     assert scalars == [(s, float(np.float32(v))) for s, v in expected]
 
 
@@ -124,7 +124,7 @@ def test_wandb_offline_run_and_tensorboard_histograms_hold_the_logged_metrics(wo
             k: v for k, v in record.items() if k not in ("step", "epoch")
         }
 
-    acc = _tb_events(workdir / "run" / "tensorboard")
+    acc = _tb_events(workdir / "run")
     tags = acc.Tags()["histograms"]
     weights = sorted(t for t in tags if t.startswith("weights/"))
     grads = sorted(t for t in tags if t.startswith("grads/"))

@@ -260,7 +260,7 @@ def test_tensorboard_scalars_are_written_at_the_logged_steps(workdir: Path) -> N
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _result, run_dir, config = run(workdir, train={"epochs": 2, "log_every_n_steps": 5}, logging={"tensorboard": True, "plots": False})
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = events.Tags()["scalars"]
     assert {"train/loss_step", "train/acc_step", "lr", "val/acc", "val/loss", "train/loss"} <= set(tags)
@@ -310,11 +310,12 @@ def test_fresh_run_in_an_old_run_directory_replaces_its_results(workdir: Path) -
     # Stale higher-numbered checkpoints would outlive pruning and be chosen by a later --resume.
     run(workdir, train={"epochs": 3}, checkpoint={"every_n_steps": 10}, logging={"tensorboard": True, "plots": False})
     assert (workdir / "run" / "checkpoints" / "step-00000060.pt").is_file()
+    assert list((workdir / "run").glob("events.out.tfevents.*"))
     result, run_dir, _ = run(workdir, train={"epochs": 1}, checkpoint={"every_n_steps": 10})
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt")) == ["step-00000010.pt", "step-00000020.pt"]
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"] == 20 == result.steps
     assert max(s for s, _ in records(run_dir, "val/acc")) == 20
-    assert not (run_dir / "tensorboard").exists()
+    assert not list(run_dir.glob("events.out.tfevents.*"))  # the old run's curves do not mix with the new ones
 
 
 def test_evaluate_reproduces_the_best_validation_and_runs_without_the_training_accelerator(workdir: Path) -> None:

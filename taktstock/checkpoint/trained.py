@@ -58,9 +58,12 @@ def load_trained_model(
     vocab = next((f.get("vocab_size") for f in fields if f.get("vocab_size") is not None), None)
     cards = next((f.get("cardinalities") for f in fields if f.get("cardinalities") is not None), None)
     m = config.model
-    model = build_model(
-        m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab, m.hf_config, prep.get("task", config.task), cards
-    )
+    from taktstock.models.hf import weights_follow
+
+    with weights_follow():  # hf:<dir>: the trained head is loaded below, so the library's "newly initialised" report is false
+        model = build_model(
+            m.name, m.params(), tuple(prep["input_shape"]), prep["num_outputs"], vocab, m.hf_config, prep.get("task", config.task), cards
+        )
     state = _ema_or_raw(run, config, which, weights) if weights is not None else None
     if state is not None:
         model.load_state_dict(state)

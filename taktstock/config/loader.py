@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import os
 import re
 import typing
 from pathlib import Path
@@ -19,8 +20,19 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from taktstock.config.overrides import OPEN_MAPPINGS, apply_override, drop_stale_arguments, parse_override
 from taktstock.config.schema import Config
 from taktstock.errors import ConfigError
+from taktstock.utils.dicts import flatten_dict
 
-__all__ = ["OPEN_MAPPINGS", "apply_override", "load_config", "parse_override", "read_yaml", "validate", "yaml_load"]
+__all__ = [
+    "OPEN_MAPPINGS",
+    "apply_override",
+    "load_config",
+    "load_config_with_sources",
+    "parse_override",
+    "read_config",
+    "read_yaml",
+    "validate",
+    "yaml_load",
+]
 
 
 class _Loader(yaml.SafeLoader):
@@ -43,11 +55,18 @@ def yaml_load(text: str) -> Any:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read `path` (or start from defaults), apply `key.path=value` overrides, validate and resolve."""
+    return load_config_with_sources(path, overrides)[0]
+
+
+def load_config_with_sources(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[Config, dict[str, str]]:
+    """`load_config`, plus where each resolved leaf key came from: a file path, 'override' or 'default'."""
     raw: dict[str, Any] = {}
-    lines: dict[str, int] = {}
+    lines: dict[str, int | str] = {}
+    files: dict[str, str] = {}
     if path is not None:
-        raw, lines = read_yaml(Path(path))
+        raw, lines, files = read_config(Path(path))
     config = validate(raw, lines, source=str(path) if path else "defaults")
+    overridden: set[str] = set()
     if overrides:
         # Overrides go into the raw file content, not the resolved dict: the resolved dict carries the
         # defaults of the *current* model, which would be invalid arguments after `model.name=cnn`.
@@ -55,7 +74,77 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         overridden = {apply_override(data, item, known=known) for item in overrides}
         drop_stale_arguments(raw, data, overridden)
         config = validate(data, {}, source="command line")
-    return config
+    sources = {}
+    for key in flatten_dict(config_to_dict(config)):
+        if any(key == o or key.startswith(o + ".") for o in overridden):
+            sources[key] = "override"
+        else:
+            sources[key] = files.get(key, "default")
+    return config, sources
+
+
+def read_config(path: Path) -> tuple[dict[str, Any], dict[str, int | str], dict[str, str]]:
+    """An experiment file with its `extends:` bases merged in (bases first, in order; the file last).
+
+    Mappings merge key by key, any other value (lists included) replaces the base's. Returns the raw
+    mapping, the line of each key (an int in `path` itself, 'file:line' in a base) and the file that
+    set each leaf key.
+    """
+    raw, located = _read_extended(path, ())
+    top = str(path)
+    lines: dict[str, int | str] = {k: line if f == top else f"{f}:{line}" for k, (f, line) in located.items()}
+    leaves = flatten_dict(raw)
+    files = {}
+    for key in leaves:
+        # The file that wrote the leaf itself (or the list/scalar holding it) is the last that named it.
+        files[key] = located[key][0] if key in located else top
+    return raw, lines, files
+
+
+def _read_extended(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, tuple[str, int]]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved) :], resolved))
+        raise ConfigError(f"{path}: 'extends' forms a cycle: {cycle}")
+    data, file_lines = read_yaml(path)
+    bases = data.pop("extends", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b.strip() for b in bases):
+        raise ConfigError(f"{path}:{file_lines.get('extends', '?')}: extends: must be a file name or a list of file names (got {bases!r})")
+    merged: dict[str, Any] = {}
+    located: dict[str, tuple[str, int]] = {}
+    for base in bases:
+        base_path = Path(os.path.normpath(path.parent / base))  # 'experiments/../base.yaml' reads as 'base.yaml'
+        if not base_path.is_file():
+            raise ConfigError(f"{path}:{file_lines.get('extends', '?')}: extends: base config not found: {base_path}")
+        base_raw, base_located = _read_extended(base_path, (*chain, resolved))
+        _deep_merge(merged, base_raw, located, base_located)
+    own = {k: (str(path), line) for k, line in file_lines.items() if k != "extends" and not k.startswith("extends.")}
+    _deep_merge(merged, data, located, own)
+    return merged, located
+
+
+def _deep_merge(
+    into: dict[str, Any],
+    new: dict[str, Any],
+    located: dict[str, tuple[str, int]],
+    new_located: dict[str, tuple[str, int]],
+    prefix: str = "",
+) -> None:
+    for k, v in new.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            if key in new_located:
+                located[key] = new_located[key]
+            _deep_merge(into[k], v, located, new_located, key + ".")
+            continue
+        for stale in [s for s in located if s.startswith(key + ".")]:  # a value replacing a base mapping
+            del located[stale]
+        into[k] = copy.deepcopy(v)
+        located.update({s: loc for s, loc in new_located.items() if s == key or s.startswith(key + ".")})
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
@@ -96,7 +185,7 @@ def _suggest(word: str, options: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def validate(raw: dict[str, Any], lines: dict[str, int], source: str) -> Config:
+def validate(raw: dict[str, Any], lines: dict[str, int | str], source: str) -> Config:
     """Validate a raw mapping into a `Config`, then resolve model/optimizer arguments and metric names."""
     try:
         config = Config.model_validate(raw)
@@ -110,7 +199,7 @@ def validate(raw: dict[str, Any], lines: dict[str, int], source: str) -> Config:
 
 
 def format_validation_error(
-    exc: ValidationError, lines: dict[str, int], source: str, root: type[BaseModel] | None, prefix: str = ""
+    exc: ValidationError, lines: dict[str, int | str], source: str, root: type[BaseModel] | None, prefix: str = ""
 ) -> str:
     messages = []
     for err in exc.errors()[:5]:
@@ -137,8 +226,10 @@ def _fields_at(root: type[BaseModel] | None, dotted: str) -> list[str]:
     return list(getattr(model, "model_fields", {}) or [])
 
 
-def _where(source: str, lines: dict[str, int], loc: str) -> str:
+def _where(source: str, lines: dict[str, int | str], loc: str) -> str:
     line = lines.get(loc)
+    if isinstance(line, str):  # a key set in a base file (extends:) carries its own 'file:line'
+        return f"{line}: "
     return f"{source}:{line}: " if line else (f"{source}: " if source != "command line" else "")
 
 
@@ -152,7 +243,7 @@ def _import_plugins(config: Config) -> None:
         import_module(module, f"plugins[{i}]")
 
 
-def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
+def _resolve_model(config: Config, lines: dict[str, int | str], source: str) -> None:
     """Check model arguments against the model's constructor and fill in its defaults."""
     from taktstock.models import finetune, zoo
     from taktstock.models.registry import constructor_params, get_model_class
@@ -187,7 +278,7 @@ def _resolve_model(config: Config, lines: dict[str, int], source: str) -> None:
     config.model.__pydantic_extra__ = resolved
 
 
-def _check_optimizer(config: Config, lines: dict[str, int], source: str) -> None:
+def _check_optimizer(config: Config, lines: dict[str, int | str], source: str) -> None:
     from taktstock.registry import OPTIMIZERS
 
     spec = OPTIMIZERS.get(config.optim.name.lower()).obj
@@ -242,7 +333,7 @@ def _optimizer_rejects(cls: Any, kwargs: dict[str, Any]) -> Exception | None:
     return None
 
 
-def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
+def _check_names(config: Config, lines: dict[str, int | str], source: str) -> None:
     from taktstock.registry import LOSSES, METRICS, SOURCES
     from taktstock.utils.imports import is_import_path
 
@@ -279,7 +370,7 @@ def _check_names(config: Config, lines: dict[str, int], source: str) -> None:
         raise ConfigError(f"{where}metrics.monitor: unknown metric '{config.metrics.monitor}' (choose from {', '.join(names)})")
 
 
-def _check_source_task(config: Config, entry: Any, lines: dict[str, int], source: str) -> None:
+def _check_source_task(config: Config, entry: Any, lines: dict[str, int | str], source: str) -> None:
     """The task a source declares (corpus: language_modeling) and the sequence length its samples can reach."""
     declared, task = entry.meta.get("task"), config.data.task
     if declared == "any":  # the data says (mds shards of any dataset): the source checks data.task itself

@@ -487,6 +487,10 @@ class MlflowConfig(Section):
     parent_run_id: str | None = Field(
         None, description="Create the run as a child of this MLflow run (tag mlflow.parentRunId), e.g. the parent run of a sweep."
     )
+    system_metrics: bool = Field(
+        True, description="Record CPU, memory, disk, network and (with pynvml) GPU use in the run's System metrics (needs psutil)."
+    )
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system-metrics samples.")
 
 
 class WandbConfig(Section):
@@ -510,8 +514,24 @@ class SamplesConfig(Section):
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files to RUN_DIR/tensorboard.")
     histogram_every_n_steps: int | None = Field(None, ge=1, description="Log weight and gradient histograms to TensorBoard every N steps.")
-    progress: Literal["auto", "on", "off"] = Field("auto", description="Console progress bar; auto: only on a terminal.")
+    progress: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Console progress. auto: a progress bar on a terminal; without one (a batch job's log) one plain line per "
+        "validation and every logging.progress_every_minutes, with step, epoch, metrics, throughput and ETA. "
+        "on: the bar even without a terminal. off: nothing until the summary.",
+    )
+    progress_every_minutes: float = Field(
+        5.0, gt=0, description="Without a terminal (logging.progress: auto): a plain training line at most this often, between validations."
+    )
     plots: bool = Field(True, description="Write learning-curve PNGs at the end of training.")
+    device_stats: bool = Field(
+        True,
+        description="CUDA: log device/mem_allocated_gib, mem_reserved_gib, mem_peak_gib, utilization_pct (with pynvml) and, "
+        "for language models, device/mfu (model FLOPs utilisation) with the training metrics; CPU runs log none.",
+    )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="The GPU's peak TFLOP/s for device/mfu; null: from a table of known GPUs by name (no MFU if unknown)."
+    )
     fail_soft: bool = Field(
         False, description="Continue without a tracking backend that cannot be reached at start (default: exit with an error)."
     )

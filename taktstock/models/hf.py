@@ -15,7 +15,13 @@ tokens. A saved model next to a tokenizer trained by taktstock must match it (`c
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
+import os
+import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,65 @@ def _auto_class(task: str, image: bool) -> Any:
     if task != "classification":
         raise ConfigError(f"model.name: hf: models support classification and language_modeling, not {task}")
     return transformers.AutoModelForImageClassification if image else transformers.AutoModelForSequenceClassification
+
+
+# Set while a run's own trained weights are loaded right after the build (predict, evaluate, export, ...).
+_WEIGHTS_FOLLOW = contextvars.ContextVar("hf_weights_follow", default=False)
+
+
+@contextlib.contextmanager
+def weights_follow() -> Iterator[None]:
+    """Build `hf:<dir>` models quietly: the caller loads the run's trained weights next, so transformers'
+    load report (a head "newly initialized ... consider training") would be false."""
+    token = _WEIGHTS_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FOLLOW.reset(token)
+
+
+def _from_pretrained(auto: Any, arch: str, kwargs: dict[str, Any], num_classes: int | None) -> nn.Module:
+    """`from_pretrained` with transformers' load report replaced by what it means for this run
+    (training), or by nothing (the run's own weights follow)."""
+    transformers = optional_import("transformers", "hf")
+    quiet = _WEIGHTS_FOLLOW.get()
+    # The load report, and a tensor-parallel plan check that lists every layer of a single-device model.
+    names = ["transformers"] if quiet else ["transformers.modeling_utils", "transformers.distributed.tensor_parallel"]
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    if quiet:
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" of weights about to be replaced
+    try:
+        model, info = auto.from_pretrained(arch, local_files_only=True, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if quiet and bars:
+            transformers.utils.logging.enable_progress_bar()
+    if not quiet and os.environ.get("RANK", "0") == "0":  # once per run, not once per process of a multi-process run
+        for line in _load_notes(arch, info, num_classes):
+            print(f"note: {line}", file=sys.stderr)
+    return model
+
+
+def _load_notes(arch: str, info: dict[str, Any], num_classes: int | None) -> list[str]:
+    """transformers' loading info ({missing,unexpected,mismatched}_keys) in a few words."""
+    new = sorted(set(info.get("missing_keys") or ()) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()})
+    unused = sorted(info.get("unexpected_keys") or ())
+    notes = []
+    if new:
+        what = f"a new classification head of {num_classes} classes" if num_classes else "new weights"
+        notes.append(f"hf:{arch}: {what} is initialised ({_few(new)}); training fits it, the rest starts from the saved weights")
+    if unused:
+        notes.append(f"hf:{arch}: saved weights this task does not use are left out ({_few(unused)})")
+    return notes
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _pixels_to_logits(self: nn.Module, x: Tensor) -> Tensor:
@@ -72,7 +137,7 @@ def build_hf(
             config = transformers.AutoConfig.for_model(model_type, **fields, **head, **params)
             model = auto.from_config(config)
         else:
-            model = auto.from_pretrained(arch, local_files_only=True, ignore_mismatched_sizes=True, **head, **params)
+            model = _from_pretrained(auto, arch, head | params, num_outputs if head else None)
             if task == "language_modeling" and vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
                 model.resize_token_embeddings(vocab_size)  # the model's own tokenizer with added tokens (e.g. a pad token)
     except OSError:

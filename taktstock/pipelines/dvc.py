@@ -112,9 +112,9 @@ def _stages(config: Config, raw: dict[str, Any], cfg: str, project: Path, python
     train_outs: list[Any] = [f"{run}/{f}" for f in ("config.yaml", "preprocessing.json", "best.safetensors", "model.safetensors")]
     # Written on every run but not reproducible byte for byte (timings), so kept out of the cache;
     # listing them makes DVC clear them before train re-runs in the same directory.
+    # TensorBoard's event files lie in the run directory itself (a DVC out cannot be a glob): train
+    # clears an earlier run's event files itself.
     volatile = [f"{run}/checkpoints", f"{run}/metrics.jsonl", f"{run}/run.json"]
-    if config.logging.tensorboard:
-        volatile.append(f"{run}/tensorboard")
     train: dict[str, Any] = {
         "cmd": f"{cli} train {q(cfg)}{user} data.cache_dir={q(prepared)} --run-dir {q(run)}",
         "deps": [prepared, *_code_deps(project, "train")],

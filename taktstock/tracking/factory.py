@@ -26,7 +26,7 @@ def build_trackers(config: Config, run: RunDir, dist: DistEnv) -> list[Tracker]:
     if log.tensorboard:
         from taktstock.tracking.tensorboard import TensorBoardTracker
 
-        trackers.append(TensorBoardTracker(run.tensorboard))
+        trackers.append(TensorBoardTracker(run.events_dir))
     if log.mlflow.enabled:
         optional_import("mlflow", "mlflow")
         from taktstock.tracking.mlflow import MlflowTracker

@@ -10,7 +10,10 @@ per logging call), so a slow server never stalls the training loop; an error the
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib.util
+import logging
 import os
 import queue
 import sys
@@ -214,6 +217,7 @@ class MlflowTracker:
         self.experiment_id: str | None = None
         self.writer: _MetricWriter | None = None
         self._finished = False
+        self.system_monitor: Any = None
         self.logged_upto: dict[str, int] = {}  # metric -> last step already in the MLflow run (before a resume)
 
     def preflight(self) -> None:
@@ -242,7 +246,56 @@ class MlflowTracker:
             self._log_params(config)
         self.run.update_info(mlflow=self.state())
         self.writer = _MetricWriter(self.client, self.run_id)
+        if self.cfg.system_metrics:
+            self._start_system_metrics(resumed=bool(previous.get("run_id")))
         freeze_gc()
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        """MLflow's own monitor (a thread sampling psutil and, with pynvml, the GPUs) into this run."""
+        if importlib.util.find_spec("psutil") is None:
+            print("warning: logging.mlflow.system_metrics needs psutil (pip install psutil); no system metrics", file=sys.stderr)
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its INFO lines say "started"/"stopped" only
+
+        self.system_monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=self.cfg.system_metrics_interval_s, resume_logging=resumed, tracking_uri=self.uri
+        )
+        self.system_monitor.start()
+
+    def _stop_system_metrics(self) -> None:
+        monitor, self.system_monitor = self.system_monitor, None
+        if monitor is None:
+            return
+        monitor.finish()
+        # The monitor publishes only after a full interval: a run shorter than that would show an empty tab.
+        # Not to a server that already failed (each request would wait out its retries).
+        last = monitor.aggregate_metrics()
+        if last and (self.writer is None or self.writer.error is None):
+            monitor.publish_metrics(last)
+            monitor.mlflow_logger.flush()
+
+    def log_dataset(self, dataset: dict[str, Any]) -> None:
+        """The training data as the run's dataset input, once per split (MLflow's Datasets panel)."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        path = dataset.get("path")
+        source = resolve_dataset_source(path) if path else CodeDatasetSource({"taktstock.data.source": dataset["source"]})
+        # MLflow links a dataset (name, digest) to a run once: each split is its own dataset, its digest
+        # the data's fingerprint with the split's name.
+        inputs = [
+            DatasetInput(
+                MetaDataset(source, name=dataset["name"], digest=f"{dataset['digest'][:16]}-{split}")._to_mlflow_entity(),
+                tags=[InputTag("mlflow.data.context", split), InputTag("taktstock.num_samples", str(n))],
+            )
+            for split, n in dataset["splits"].items()
+            if n
+        ]
+        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def _log_params(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -340,6 +393,8 @@ class MlflowTracker:
         return {"run_id": self.run_id, "tracking_uri": self.uri, "experiment_id": self.experiment_id}
 
     def finish(self, status: str) -> None:
+        with contextlib.suppress(Exception):  # system metrics are a nice-to-have: never fail a run's finish
+            self._stop_system_metrics()
         pending = None
         if self.writer is not None:
             self.writer.close()

@@ -1,4 +1,10 @@
-"""TensorBoard scalars, hparams and optional weight/gradient histograms."""
+"""TensorBoard scalars, hparams and optional weight/gradient histograms.
+
+The event files lie in the run directory itself, so `tensorboard --logdir experiments/runs` names
+each run after its directory. Hyperparameters go to the HPARAMS tab through the hparams plugin's
+summaries, written into the same event stream: no `hparam/*` scalars, no sub-run (which is what
+`SummaryWriter.add_hparams` makes).
+"""
 
 from __future__ import annotations
 
@@ -19,11 +25,14 @@ class TensorBoardTracker:
         self._hparams: dict[str, Any] = {}
 
     def start(self, config: dict[str, Any], resume_state: dict[str, Any] | None, step: int) -> None:
+        from tensorboard.plugins.hparams.summary_v2 import hparams_pb
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides events a killed run wrote after its last checkpoint: one continuous curve.
         self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if resume_state is not None else None)
         self._hparams = {k: v for k, v in flatten_dict(config).items() if isinstance(v, (int, float, str, bool))}
+        if resume_state is None:  # a resumed run keeps the session its first start wrote
+            self.writer._get_file_writer().add_summary(hparams_pb(self._hparams, trial_id=self.log_dir.name), 0)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
@@ -40,10 +49,16 @@ class TensorBoardTracker:
         self.writer.add_text(name, text, step)
 
     def log_summary(self, final: dict[str, float]) -> None:
-        self.writer.add_hparams(self._hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
+        """The HPARAMS tab's columns: every hyperparameter, and as metrics the run's own scalar tags
+        (TensorBoard shows their last values), so no single-point scalar is written."""
+        from tensorboard.plugins.hparams.summary_v2 import HParam, Metric, hparams_config_pb
+
+        metrics = [Metric(tag) for tag in final if tag.startswith(("val/", "test/"))] or [Metric(tag) for tag in final]
+        pb = hparams_config_pb(hparams=[HParam(k) for k in self._hparams], metrics=metrics)
+        self.writer._get_file_writer().add_summary(pb, 0)
 
     def log_run_outputs(self, run: Any, final: dict[str, float]) -> None:
-        """End of training: the config's scalars with the final validation metrics (HPARAMS tab)."""
+        """End of training: the HPARAMS tab's table with the final validation metrics as columns."""
         if final:
             self.log_summary(final)
 

@@ -148,6 +148,8 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     if dist.is_main:
         metrics_file.open(truncate_to=ckpt_state["metrics_offset"] if ckpt_state else None)
         trackers.start(config_to_dict(config), ckpt_state["trackers"] if ckpt_state else None, trainer.state.step)
+        if ckpt_state is None:  # a resumed run logged its data when it started
+            trackers.call("log_dataset", _dataset_description(config, data))
         if start is not None:
             print(f"resuming {run.root} from {start.name} (step {trainer.state.step}, epoch {trainer.state.epoch})", file=sys.stderr)
     status, fit_started = "failed", time.perf_counter()
@@ -254,9 +256,9 @@ def _clear_previous_run(run: RunDir, announce: bool = True) -> None:
     if announce:
         print(f"note: {run.root} held an earlier run; replacing its results (use --resume {run.root} to continue it)", file=sys.stderr)
     # A resume that found no valid checkpoint keeps the (damaged) checkpoint files for inspection.
-    for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots) if announce else (run.eval_dir, run.tensorboard, run.plots):
+    for path in (run.checkpoints, run.eval_dir, run.plots) if announce else (run.eval_dir, run.plots):
         shutil.rmtree(path, ignore_errors=True)
-    for path in (run.metrics, run.samples, run.model, run.best, run.ema, run.info):
+    for path in (run.metrics, run.samples, run.model, run.best, run.ema, run.info, *run.event_files()):
         path.unlink(missing_ok=True)
 
 
@@ -278,6 +280,15 @@ def _init_run_dir(run: RunDir, config: Config, preprocessing: dict[str, Any], re
     if not resumed:
         fields["started"] = time.time()
     run.update_info(**fields)
+
+
+def _dataset_description(config: Config, data: Any) -> dict[str, Any]:
+    """What trackers record about the training data: name, digest (the prepared data's fingerprint), source, split sizes."""
+    d = config.data
+    location = d.remote or (str(Path(d.path).resolve()) if d.path else None)
+    name = Path(d.path).name if d.path else d.source
+    splits = {split: len(data.split(split)) for split in ("train", "val", "test")}
+    return {"name": name, "digest": str(data.fingerprint), "source": d.source, "path": location, "splits": splits}
 
 
 def _copy_tokenizer(data: Any, run: RunDir) -> None:

@@ -25,6 +25,7 @@ class LoopSettings:
     classification: bool
     tokens: bool  # throughput counts real tokens (language modelling), not samples
     progress: str
+    progress_every_minutes: float
     save_best: bool
     early_stopping: bool
 
@@ -53,6 +54,7 @@ class LoopSettings:
             classification=config.task == "classification",
             tokens=config.task == "language_modeling",
             progress=config.logging.progress,
+            progress_every_minutes=config.logging.progress_every_minutes,
             save_best=config.checkpoint.save_best,
             early_stopping=config.early_stopping.enabled,
         )

@@ -25,6 +25,7 @@ from taktstock.data.loaders import Batch
 from taktstock.errors import TrainingAborted
 from taktstock.tracking.console import ConsoleProgress
 from taktstock.training.callbacks import Callbacks, Hook
+from taktstock.training.device_stats import DeviceStats
 from taktstock.training.eval_loop import run_eval
 from taktstock.training.param_groups import lr_record
 from taktstock.training.parts import TrainerParts
@@ -57,9 +58,24 @@ class Trainer:
         self._no_sync = getattr(parts.forward_model, "no_sync", None)
         self._plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.preemption = PreemptionHandler()
-        self.progress = ConsoleProgress(settings.progress, settings.total_steps, parts.dist.is_main)
+        self.progress = ConsoleProgress(
+            settings.progress, settings.total_steps, parts.dist.is_main, settings.progress_every_minutes, settings.epochs
+        )
         self._t0, self._samples = time.perf_counter(), 0
         self.throughput = 0.0
+        self.device_stats = (
+            DeviceStats(
+                parts.device,
+                parts.model,
+                config.model.params(),
+                config.data.block_size if settings.tokens else None,
+                settings.tokens,
+                parts.dist.world_size,
+                config.logging.peak_tflops,
+            )
+            if config.logging.device_stats
+            else None
+        )
 
     # -- main loop ---------------------------------------------------------------------------
     def fit(self) -> LoopState:
@@ -219,6 +235,8 @@ class Trainer:
             )
         s.last_val_step = s.step
         self._log(metrics)
+        unit = "tokens" if self.settings.tokens else "samples"
+        self.progress.validation(s.step, s.epoch, metrics, f"{self.throughput:,.0f} {unit}/s" if self.throughput else "")
         self._callback("on_validation_end", metrics=metrics)
         value = metrics.get(p.monitor.name)
         if value is None:
@@ -246,10 +264,13 @@ class Trainer:
         self._t0, self._samples = time.perf_counter(), 0
         unit = "tokens" if self.settings.tokens else "samples"
         if self.settings.tokens:
-            # A timing, so it is the one value in metrics.jsonl that differs between a resumed run and an uninterrupted one.
+            # A timing: with device/* (CUDA only) the values in metrics.jsonl that differ between a resumed run and an uninterrupted one.
             record["train/tokens_per_s"] = round(self.throughput, 1)
+        if self.device_stats is not None:
+            record.update(self.device_stats.record(self.throughput))
         self._log(record)
-        self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {self.throughput:,.0f} {unit}/s")
+        rate = f"{self.throughput:,.0f} {unit}/s"
+        self.progress.update(self.state.step, f"loss {record['train/loss_step']:.4f}  {rate}", record, self.state.epoch, rate)
 
     def _log(self, metrics: dict[str, float]) -> None:
         if not metrics or not self.p.dist.is_main:
