@@ -19,9 +19,13 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
+# The daemons live in sbin, which a non-login PATH may lack.
+PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
 def missing() -> str | None:
     """Why no cluster can start here, or None."""
-    absent = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue") if shutil.which(b) is None]
+    absent = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue") if shutil.which(b, path=PATH) is None]
     if absent:
         return f"SLURM/munge binaries missing ({', '.join(absent)}): apt-get install slurm-wlm munge"
     if os.geteuid() != 0:
@@ -108,7 +112,7 @@ class SlurmCluster:
                 ]
             )
         )
-        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf), PATH=PATH)
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)], r / "run/slurmctld.pid")
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)], r / "run/slurmd.pid")
         self.wait_idle(timeout)
@@ -117,7 +121,8 @@ class SlurmCluster:
     def _spawn(self, name: str, argv: list[str], pid_file: Path, timeout: float = 20) -> None:
         """Start a daemon in the foreground as our child (so it is reaped when stopped) and wait for its pid file."""
         log = (self.root / "log" / f"{name}.out").open("w")
-        proc = subprocess.Popen(argv, env=dict(os.environ, SLURM_CONF=str(self.conf)), stdout=log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, SLURM_CONF=str(self.conf), PATH=PATH)
+        proc = subprocess.Popen([shutil.which(argv[0], path=PATH) or argv[0], *argv[1:]], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[name] = proc
         deadline = time.monotonic() + timeout
@@ -177,14 +182,18 @@ class SlurmCluster:
                 proc.wait(10)
 
 
-def running_daemons() -> list[str]:
-    """SLURM/munge processes alive on this machine (zombies, already dead, are not counted)."""
+def running_daemons(conf: Path) -> list[str]:
+    """This cluster's SLURM/munge processes still alive (each is started with SLURM_CONF=conf in its environment
+    and slurmstepd inherits it from slurmd; zombies, already dead, are not counted)."""
+    marker = f"SLURM_CONF={conf}".encode()
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             name, rest = stat.read_text().split(" (", 1)[1].rsplit(")", 1)
+            if name not in (*DAEMONS, "slurmstepd") or rest.split()[0] == "Z":
+                continue
+            if marker in (stat.parent / "environ").read_bytes().split(b"\0"):
+                found.append(f"{stat.parent.name} {name}")
         except (OSError, ValueError):
             continue
-        if name in (*DAEMONS, "slurmstepd") and rest.split()[0] != "Z":
-            found.append(f"{stat.parent.name} {name}")
     return found

@@ -51,7 +51,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         cluster.stop()
-        assert running_daemons() == [], "a SLURM/munge daemon was left running"
+        assert running_daemons(cluster.conf) == [], "a SLURM/munge daemon was left running"
 
 
 @pytest.fixture(scope="module")
