@@ -5,6 +5,7 @@ config exits 2 without touching R; only --overwrite replaces it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -12,10 +13,11 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_config, write_config
 from resume_harness import ForkServer, count_lines, shared_server, wait_until
 
-from taktstock.checkpoint.manager import CheckpointManager
+from taktstock.checkpoint.manager import CheckpointManager, load_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -151,13 +153,7 @@ def test_overwrite_replaces_the_run(server: ForkServer, reference: tuple[Path, P
 def test_a_resume_in_another_environment_says_why_bit_exactness_may_not_hold(
     server: ForkServer, reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    import hashlib
-
-    import torch
-
-    from taktstock.checkpoint.manager import load_checkpoint
-
-    cfg, ref = reference
+    _, ref = reference
     run = tmp_path / "run"
     shutil.copytree(ref, run)
     newest = CheckpointManager(run / "checkpoints").latest_valid()
