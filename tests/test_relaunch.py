@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_config
+from conftest import cli_env, run_cli, tiny_config, write_config
 from resume_harness import ForkServer, count_lines, shared_server, wait_until
 
 from taktstock.checkpoint.manager import CheckpointManager, load_checkpoint
@@ -174,3 +174,17 @@ def test_a_resume_in_another_environment_says_why_bit_exactness_may_not_hold(
     assert f"resuming {run} from {newest.path.name} (step {newest.step}," in log  # it still resumes
     (line,) = [x for x in log.splitlines() if "different environment" in x]
     assert f"torch 1.13.1 -> {torch.__version__}" in line and "may differ in the last bits" in line, line
+
+
+def test_the_multi_process_launcher_decides_before_any_worker_starts(reference: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg, ref = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = snapshot(run)
+    env = cli_env(OMP_NUM_THREADS="1")
+    done = run_cli("train", str(cfg), "--run-dir", str(run), "--nproc-per-node", "2", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{run} holds a completed run: nothing to train" in done.stderr and "run directory:" in done.stdout
+    other = run_cli("train", str(cfg), "seed=6", "--run-dir", str(run), "--nproc-per-node", "2", cwd=tmp_path, env=env)
+    assert other.returncode == 2 and "seed (5 -> 6)" in other.stderr and "--overwrite" in other.stderr
+    assert snapshot(run) == before
