@@ -158,9 +158,10 @@ def test_a_job_whose_time_limit_runs_out_mid_run_finishes_after_its_requeue(
     cluster: SlurmCluster, server: ForkServer, tmp_path: Path
 ) -> None:
     _, ref = project(tmp_path, server, epochs=2)
-    # SLURM's smallest limit is a minute; SIGUSR1 is due 50 s before it (SLURM checks about every 30 s), while
-    # the first attempt would need minutes at 0.6 s per step.
-    job = submit(cluster, tmp_path, "--time", "1:00", "--grace", "50", slow=0.6)
+    # SLURM's smallest limit is a minute. SIGUSR1 is due 40 s before it, but SLURM may send it up to a minute
+    # early: it lands during start-up (remembered: the run checkpoints after its first step) or mid-run. The
+    # first attempt would need about two minutes at 1.5 s per step (80 steps): it cannot finish in time.
+    job = submit(cluster, tmp_path, "--time", "1:00", "--grace", "40", slow=1.5)
     restarts = finish_after_requeues(cluster, job, 150)
     assert restarts >= 1
     run = (tmp_path / "run").resolve()
