@@ -52,6 +52,7 @@ def _register() -> None:
         prepare_cmd,
         promote_cmd,
         runs_cmd,
+        submit_cmd,
         train_cmd,
         tune_cmd,
     )
@@ -71,6 +72,7 @@ def _register() -> None:
         generate_cmd,
         models_cmd,
         find_cmd,
+        submit_cmd,
     )
     for module in modules:
         module.register(app)

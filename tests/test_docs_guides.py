@@ -41,6 +41,7 @@ CONFIG_COMMANDS = {
     ("pipeline", "airflow"),
     ("find-lr",),
     ("find-batch-size",),
+    ("submit", "slurm"),
 }
 # YAML fragments that are only valid on top of another experiment: the first key path -> that experiment.
 FRAGMENT_BASE = {"logging.samples": "experiments/lm_stdlib.yaml"}

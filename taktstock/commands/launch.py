@@ -10,10 +10,13 @@ Workers run `python -m taktstock train ... --run-dir RUN_DIR`. On an elastic res
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taktstock.errors import ConfigError, UserError
 
@@ -115,16 +118,20 @@ def launch(
     resume: Path | None,
     force: bool,
     opts: LaunchOptions,
+    overwrite: bool = False,
 ) -> Path:
     """Run the experiment on `opts.world_size` processes and return its run directory.
 
+    A --run-dir holding a run is decided here, once, before any worker starts (training/resume.py
+    relaunch_plan): continued with --resume, left alone when complete, replaced only with --overwrite.
     Raises UserError for problems found before start-up, LaunchFailed when a worker fails.
     """
     from taktstock.checkpoint.checkpointer import check_resume_world_size
     from taktstock.config.loader import load_config
+    from taktstock.config.paths import with_absolute_paths
     from taktstock.run_dir import RunDir
     from taktstock.training.distributed import check_world_size
-    from taktstock.training.resume import check_resume_compatible
+    from taktstock.training.resume import check_resume_compatible, relaunch_plan
 
     if "WORLD_SIZE" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         raise UserError("--nproc-per-node: already running under torchrun; drop the launcher options (or run taktstock train directly)")
@@ -133,6 +140,13 @@ def launch(
         config = check_resume_compatible(RunDir(resume), config_path, overrides, force)
     else:
         config = load_config(config_path, overrides)
+        if run_dir is not None:
+            plan = relaunch_plan(RunDir(Path(run_dir)), with_absolute_paths(config), overwrite)
+            if plan == "complete":
+                print(f"{run_dir} holds a completed run: nothing to train (--overwrite trains it again)", file=sys.stderr)
+                return Path(run_dir)
+            if plan == "resume":  # the same command launched again: every worker continues the run
+                resume, overwrite = Path(run_dir), False
     check_world_size(config, opts.world_size)
     check_devices(config, opts.nproc_per_node)
     if resume is not None:
@@ -152,6 +166,8 @@ def launch(
     worker += ["--resume", str(target)] if resume is not None else ["--run-dir", str(target)]
     if force:
         worker.append("--force")
+    if overwrite:
+        worker.append("--overwrite")  # only rank 0 clears the old run, before any rank writes
     # Workers inherit these: the launcher reports for the group; CPU threads are shared out (torchrun's default is 1).
     os.environ["TAKTSTOCK_LAUNCHED"] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus() // opts.nproc_per_node)))
@@ -171,6 +187,7 @@ def _run_torchrun(argv: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    forwarding = _forward_usr1_to_workers()
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:
@@ -184,6 +201,39 @@ def _run_torchrun(argv: list[str]) -> None:
         ) from None
     except SignalException as exc:
         raise LaunchFailed(128 + int(exc.sigval), None) from None
+    finally:
+        if forwarding is not None:
+            signal.signal(signal.SIGUSR1, forwarding)
+
+
+def _forward_usr1_to_workers() -> Any:
+    """SIGUSR1 (SLURM's warning before a time limit or preemption) to this launcher goes on to every worker.
+
+    torchrun's workers run in their own sessions, so a signal to the launcher does not reach them, and
+    SIGUSR1's default action would end the launcher. Each worker checkpoints at the same step boundary
+    (training/signals.py) and exits with 128 + 10. Returns the previous handler (None where there is no SIGUSR1).
+    """
+    if not hasattr(signal, "SIGUSR1"):
+        return None
+
+    def forward(signum: int, frame: Any) -> None:
+        for pid in _children(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+
+    try:
+        return signal.signal(signal.SIGUSR1, forward)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (Linux /proc; empty elsewhere)."""
+    out: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in path.read_text().split()]
+    return out
 
 
 def run_workers(opts: LaunchOptions, worker_args: list[str]) -> None:

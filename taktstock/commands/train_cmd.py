@@ -23,11 +23,21 @@ def register(app: typer.Typer) -> None:
 
 def train(
     args: Annotated[list[str] | None, typer.Argument(help="CONFIG file, then key.path=value overrides.", show_default=False)] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default experiments/runs/<name>-<time>).")] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--run-dir",
+            help="Run directory (default experiments/runs/<name>-<time>). If it holds a run with the same config, that run "
+            "is continued (or left alone when complete).",
+        ),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the run in this directory from its newest valid checkpoint.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the config changed in ways that break exactness.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run that --run-dir holds (its checkpoints and results are deleted).")
+    ] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate the best model on the test split afterwards.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, model summary and batch shapes; do not train.")] = False,
     fast_dev_run: Annotated[
@@ -58,6 +68,9 @@ def train(
     ] = 0,
 ) -> None:
     """Train an experiment: taktstock train config.yaml train.epochs=5 optim.lr=3e-4"""
+    from taktstock.training.signals import defer_early_usr1
+
+    defer_early_usr1()  # before the slow imports: SLURM's warning may come early (training/signals.py)
     from taktstock.errors import TrainingAborted
     from taktstock.training.trainer import Preempted
 
@@ -66,6 +79,10 @@ def train(
 
         fast_dev_batches, args = take_count(args)
     config_path, overrides = split_config_args(args)
+    if overwrite and (resume is not None or run_dir is None):
+        from taktstock.errors import UserError
+
+        raise UserError("--overwrite replaces the run in --run-dir: give --run-dir (and not --resume)")
     if config_path is None and resume is None:
         config_path = _default_config()
     if dry_run:
@@ -98,7 +115,7 @@ def train(
         from taktstock.commands.launch import LaunchOptions
 
         opts = LaunchOptions(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts)
-        _launch(config_path, overrides, run_dir, resume, force, evaluate, opts)
+        _launch(config_path, overrides, run_dir, resume, force, evaluate, opts, overwrite=overwrite)
         return
     from taktstock.commands.launch import restart_count
     from taktstock.training.distributed import DistEnv
@@ -109,10 +126,10 @@ def train(
 
         # torchrun restarted the worker group: continue the run from its newest valid checkpoint.
         if RunDir(run_dir).config.is_file():
-            resume = run_dir
+            resume, overwrite = run_dir, False  # --overwrite was for the first attempt, not for its restarts
 
     try:
-        result = run_train(config_path, overrides, run_dir=run_dir, resume=resume, force=force)
+        result = run_train(config_path, overrides, run_dir=run_dir, resume=resume, force=force, overwrite=overwrite)
     except Preempted as exc:
         from taktstock.training.signals import exit_code_for
 
@@ -158,12 +175,13 @@ def _launch(
     force: bool,
     evaluate: bool,
     opts: LaunchOptions,
+    overwrite: bool = False,
     report: bool = True,
 ) -> None:
     from taktstock.commands.launch import LaunchFailed, launch
 
     try:
-        target = launch(config_path, overrides, run_dir, resume, force, opts)
+        target = launch(config_path, overrides, run_dir, resume, force, opts, overwrite)
     except LaunchFailed as exc:
         if exc.message:
             print(f"error: {exc.message}", file=sys.stderr)
