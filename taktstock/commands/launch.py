@@ -111,17 +111,18 @@ class LaunchFailed(Exception):
 def launch(
     config_path: Path | None,
     overrides: list[str],
-    run_dir: Path | None,
-    resume: Path | None,
+    run_dir: str | Path | None,
+    resume: str | Path | None,
     force: bool,
     opts: LaunchOptions,
 ) -> Path:
-    """Run the experiment on `opts.world_size` processes and return its run directory.
+    """Run the experiment on `opts.world_size` processes and return its run directory (a URL's: its local mirror).
 
     Raises UserError for problems found before start-up, LaunchFailed when a worker fails.
     """
     from taktstock.checkpoint.checkpointer import check_resume_world_size
     from taktstock.config.loader import load_config
+    from taktstock.remote.location import RemoteRun, is_url
     from taktstock.run_dir import RunDir
     from taktstock.training.distributed import check_world_size
     from taktstock.training.resume import check_resume_compatible
@@ -129,6 +130,12 @@ def launch(
     if "WORLD_SIZE" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         raise UserError("--nproc-per-node: already running under torchrun; drop the launcher options (or run taktstock train directly)")
     opts.validate()
+    url = next((u for u in (resume, run_dir) if is_url(u)), None)
+    if url is not None:  # checked here on the mirror; the workers get the URL and upload (see remote/sync.py)
+        remote = RemoteRun(str(url))
+        remote.probe()
+        local = remote.pull()
+        resume, run_dir = (local if resume is not None else None), (local if run_dir is not None else None)
     if resume is not None:
         config = check_resume_compatible(RunDir(resume), config_path, overrides, force)
     else:
@@ -149,7 +156,7 @@ def launch(
     else:
         target = RunDir.new(config.experiment.output_dir, config.experiment.name).root
     worker = ["train", *([str(config_path)] if config_path else []), *overrides]
-    worker += ["--resume", str(target)] if resume is not None else ["--run-dir", str(target)]
+    worker += ["--resume", str(url or target)] if resume is not None else ["--run-dir", str(url or target)]
     if force:
         worker.append("--force")
     # Workers inherit these: the launcher reports for the group; CPU threads are shared out (torchrun's default is 1).

@@ -23,9 +23,11 @@ def register(app: typer.Typer) -> None:
 
 def train(
     args: Annotated[list[str] | None, typer.Argument(help="CONFIG file, then key.path=value overrides.", show_default=False)] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default experiments/runs/<name>-<time>).")] = None,
+    run_dir: Annotated[
+        str | None, typer.Option("--run-dir", help="Run directory (default experiments/runs/<name>-<time>), or a URL (s3://...).")
+    ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the run in this directory from its newest valid checkpoint.")
+        str | None, typer.Option("--resume", help="Continue the run in this directory (or URL) from its newest valid checkpoint.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the config changed in ways that break exactness.")] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate the best model on the test split afterwards.")] = False,
@@ -73,10 +75,11 @@ def train(
     from taktstock.training.run import train as run_train
 
     if resume is None and run_dir is not None and restart_count() > 0:
+        from taktstock.remote.location import is_url, mirror_dir
         from taktstock.run_dir import RunDir
 
         # torchrun restarted the worker group: continue the run from its newest valid checkpoint.
-        if RunDir(run_dir).config.is_file():
+        if RunDir(mirror_dir(run_dir) if is_url(run_dir) else Path(run_dir)).config.is_file():
             resume = run_dir
 
     try:
@@ -121,8 +124,8 @@ def _default_config() -> Path:
 def _launch(
     config_path: Path | None,
     overrides: list[str],
-    run_dir: Path | None,
-    resume: Path | None,
+    run_dir: str | None,
+    resume: str | None,
     force: bool,
     evaluate: bool,
     opts: LaunchOptions,
