@@ -51,6 +51,7 @@ def _register() -> None:
         prepare_cmd,
         promote_cmd,
         runs_cmd,
+        submit_cmd,
         train_cmd,
         tune_cmd,
     )
@@ -69,6 +70,7 @@ def _register() -> None:
         predict_cmd,
         generate_cmd,
         models_cmd,
+        submit_cmd,
     )
     for module in modules:
         module.register(app)
