@@ -306,11 +306,16 @@ def test_config_that_does_not_fit_the_data_fails_before_the_run_directory_exists
     assert not (workdir / "run").exists()
 
 
-def test_fresh_run_in_an_old_run_directory_replaces_its_results(workdir: Path) -> None:
-    # Stale higher-numbered checkpoints would outlive pruning and be chosen by a later --resume.
+def test_an_old_run_directory_is_replaced_only_with_overwrite(workdir: Path) -> None:
     run(workdir, train={"epochs": 3}, checkpoint={"every_n_steps": 10}, logging={"tensorboard": True, "plots": False})
     assert (workdir / "run" / "checkpoints" / "step-00000060.pt").is_file()
-    result, run_dir, _ = run(workdir, train={"epochs": 1}, checkpoint={"every_n_steps": 10})
+    # A different config is refused (tests/test_relaunch.py checks the directory is left byte-identical).
+    with pytest.raises(ConfigError, match=r"train\.epochs \(3 -> 1\).*--overwrite"):
+        run(workdir, train={"epochs": 1}, checkpoint={"every_n_steps": 10})
+    assert (workdir / "run" / "checkpoints" / "step-00000060.pt").is_file()
+    # Stale higher-numbered checkpoints would outlive pruning and be chosen by a later --resume.
+    result = train(make_config(train={"epochs": 1}, checkpoint={"every_n_steps": 10}), run_dir=workdir / "run", overwrite=True)
+    run_dir = workdir / "run"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt")) == ["step-00000010.pt", "step-00000020.pt"]
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"] == 20 == result.steps
     assert max(s for s, _ in records(run_dir, "val/acc")) == 20

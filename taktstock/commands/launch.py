@@ -11,6 +11,7 @@ Workers run `python -m taktstock train ... --run-dir RUN_DIR`. On an elastic res
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,17 +116,21 @@ def launch(
     resume: str | Path | None,
     force: bool,
     opts: LaunchOptions,
+    overwrite: bool = False,
 ) -> Path:
     """Run the experiment on `opts.world_size` processes and return its run directory (a URL's: its local mirror).
 
+    A --run-dir holding a run is decided here, once, before any worker starts (training/resume.py
+    relaunch_plan): continued with --resume, left alone when complete, replaced only with --overwrite.
     Raises UserError for problems found before start-up, LaunchFailed when a worker fails.
     """
     from taktstock.checkpoint.checkpointer import check_resume_world_size
     from taktstock.config.loader import load_config
+    from taktstock.config.paths import with_absolute_paths
     from taktstock.remote.location import RemoteRun, is_url
     from taktstock.run_dir import RunDir
     from taktstock.training.distributed import check_world_size
-    from taktstock.training.resume import check_resume_compatible
+    from taktstock.training.resume import check_resume_compatible, relaunch_plan
 
     if "WORLD_SIZE" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         raise UserError("--nproc-per-node: already running under torchrun; drop the launcher options (or run taktstock train directly)")
@@ -140,6 +145,13 @@ def launch(
         config = check_resume_compatible(RunDir(resume), config_path, overrides, force)
     else:
         config = load_config(config_path, overrides)
+        if run_dir is not None:
+            plan = relaunch_plan(RunDir(Path(run_dir)), with_absolute_paths(config), overwrite)
+            if plan == "complete":
+                print(f"{run_dir} holds a completed run: nothing to train (--overwrite trains it again)", file=sys.stderr)
+                return Path(run_dir)
+            if plan == "resume":  # the same command launched again: every worker continues the run
+                resume, overwrite = Path(run_dir), False
     check_world_size(config, opts.world_size)
     check_devices(config, opts.nproc_per_node)
     if resume is not None:
@@ -159,6 +171,8 @@ def launch(
     worker += ["--resume", str(url or target)] if resume is not None else ["--run-dir", str(url or target)]
     if force:
         worker.append("--force")
+    if overwrite:
+        worker.append("--overwrite")  # only rank 0 clears the old run, before any rank writes
     # Workers inherit these: the launcher reports for the group; CPU threads are shared out (torchrun's default is 1).
     os.environ["TAKTSTOCK_LAUNCHED"] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cpus() // opts.nproc_per_node)))

@@ -24,12 +24,20 @@ def register(app: typer.Typer) -> None:
 def train(
     args: Annotated[list[str] | None, typer.Argument(help="CONFIG file, then key.path=value overrides.", show_default=False)] = None,
     run_dir: Annotated[
-        str | None, typer.Option("--run-dir", help="Run directory (default experiments/runs/<name>-<time>), or a URL (s3://...).")
+        str | None,
+        typer.Option(
+            "--run-dir",
+            help="Run directory (default experiments/runs/<name>-<time>), or a URL (s3://...). If it holds a run with the same "
+            "config, that run is continued (or left alone when complete).",
+        ),
     ] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue the run in this directory (or URL) from its newest valid checkpoint.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the config changed in ways that break exactness.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run that --run-dir holds (its checkpoints and results are deleted).")
+    ] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate the best model on the test split afterwards.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, model summary and batch shapes; do not train.")] = False,
     nproc_per_node: Annotated[
@@ -57,6 +65,10 @@ def train(
     from taktstock.training.trainer import Preempted
 
     config_path, overrides = split_config_args(args)
+    if overwrite and (resume is not None or run_dir is None):
+        from taktstock.errors import UserError
+
+        raise UserError("--overwrite replaces the run in --run-dir: give --run-dir (and not --resume)")
     if config_path is None and resume is None:
         config_path = _default_config()
     if dry_run:
@@ -68,7 +80,7 @@ def train(
         from taktstock.commands.launch import LaunchOptions
 
         opts = LaunchOptions(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts)
-        _launch(config_path, overrides, run_dir, resume, force, evaluate, opts)
+        _launch(config_path, overrides, run_dir, resume, force, evaluate, opts, overwrite)
         return
     from taktstock.commands.launch import restart_count
     from taktstock.training.distributed import DistEnv
@@ -80,10 +92,10 @@ def train(
 
         # torchrun restarted the worker group: continue the run from its newest valid checkpoint.
         if RunDir(mirror_dir(run_dir) if is_url(run_dir) else Path(run_dir)).config.is_file():
-            resume = run_dir
+            resume, overwrite = run_dir, False  # --overwrite was for the first attempt, not for its restarts
 
     try:
-        result = run_train(config_path, overrides, run_dir=run_dir, resume=resume, force=force)
+        result = run_train(config_path, overrides, run_dir=run_dir, resume=resume, force=force, overwrite=overwrite)
     except Preempted as exc:
         from taktstock.training.signals import exit_code_for
 
@@ -129,11 +141,12 @@ def _launch(
     force: bool,
     evaluate: bool,
     opts: LaunchOptions,
+    overwrite: bool = False,
 ) -> None:
     from taktstock.commands.launch import LaunchFailed, launch
 
     try:
-        target = launch(config_path, overrides, run_dir, resume, force, opts)
+        target = launch(config_path, overrides, run_dir, resume, force, opts, overwrite)
     except LaunchFailed as exc:
         if exc.message:
             print(f"error: {exc.message}", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 Airflow runs from its own environment (its pins conflict with MLflow's), so the tasks call taktstock with the
 absolute path of the interpreter that generated the DAG and cd into the project directory first.
-Each DAG run trains into its own directory <pipeline.run_dir>/<run id>; a retried train task resumes from
-that directory's newest checkpoint instead of starting over.
+Each DAG run trains into its own directory <pipeline.run_dir>/<run id>; a retried train task runs the same
+command, which continues from that directory's newest checkpoint instead of starting over.
 """
 
 from __future__ import annotations
@@ -47,14 +47,9 @@ with DAG(
     tags=["taktstock"],
 ) as dag:
     prepare = BashOperator(task_id="prepare", bash_command=f"{{SETUP}} && {{TAKTSTOCK}} prepare {{CONFIG}}")
-    # A retry continues from the newest checkpoint of this run's directory.
-    train = BashOperator(
-        task_id="train",
-        bash_command=(
-            f'{{SETUP}} && RUN="{{RUN_DIR}}" && if [ -f "$RUN/config.yaml" ]; '
-            f'then {{TAKTSTOCK}} train {{CONFIG}} --resume "$RUN"; else {{TAKTSTOCK}} train {{CONFIG}} --run-dir "$RUN"; fi'
-        ),
-    )
+    # A retry runs the same command: it continues from the newest checkpoint of this run's directory, and a
+    # retry after the run completed trains nothing.
+    train = BashOperator(task_id="train", bash_command=f'{{SETUP}} && {{TAKTSTOCK}} train {{CONFIG}} --run-dir "{{RUN_DIR}}"')
     evaluate = BashOperator(task_id="evaluate", bash_command=f'{{SETUP}} && {{TAKTSTOCK}} evaluate "{{RUN_DIR}}"')
     promote = BashOperator(task_id="promote", bash_command=f'{{SETUP}} && {{TAKTSTOCK}} promote "{{RUN_DIR}}"')
 

@@ -214,6 +214,18 @@ class RemoteRun:
                     break
         return self.local
 
+    def clear(self) -> bool:
+        """Delete the run at the URL (--overwrite); only one that taktstock wrote (it has run.json). True if deleted."""
+        if not self.exists("run.json"):
+            return False
+        for rel in ("checkpoints", "eval", "plots", "export"):
+            if self.exists(rel):
+                self.fs.rm(self.remote(rel), recursive=True)
+        for rel in RUN_FILES:
+            if self.exists(rel):
+                self.fs.rm_file(self.remote(rel))
+        return True
+
     def upload_dir(self, rel: str) -> None:
         """Upload RUN_DIR/<rel>/ (results a command wrote into the mirror, e.g. eval/)."""
         src = self.local / rel

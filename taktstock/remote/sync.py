@@ -204,6 +204,8 @@ def train_in_mirror(train: Callable[..., Any], config: Any, overrides: Any, run_
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
         remote.probe()  # before anything is written: a missing bucket is exit 2 naming the URL
+        if kwargs.get("overwrite") and remote.clear():  # as the local run is cleared: nothing of the old run may be resumed
+            print(f"note: --overwrite: deleted the earlier run at {remote.shown}", file=sys.stderr)
     local = remote.pull()
     keep_last = _keep_last(config, overrides, local)
     uploader = None

@@ -37,7 +37,7 @@ from taktstock.training.monitor import MetricMonitor
 from taktstock.training.optim import build_optimizer, build_scheduler
 from taktstock.training.parts import TrainerParts, full_model_state, register_parts
 from taktstock.training.precision import autocast_factory, grad_scaler
-from taktstock.training.resume import check_resume_compatible
+from taktstock.training.resume import check_resume_compatible, relaunch_plan
 from taktstock.training.rng import seed_everything
 from taktstock.training.samples import sample_loggers
 from taktstock.training.settings import LoopSettings
@@ -62,16 +62,19 @@ def train(
     resume: str | Path | None = None,
     force: bool = False,
     callbacks: list[Any] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train an experiment; with `resume`, continue the run in that directory from its newest valid checkpoint.
 
+    A `run_dir` that holds a run with the same config is continued (or left alone when complete); one with a
+    different config is a ConfigError unless `overwrite` replaces it (see training/resume.py relaunch_plan).
     `callbacks` are extra trainer callbacks (after those of train.callbacks), e.g. a tuning trial's pruning reporter.
     A URL (s3://..., any fsspec URL) as `run_dir`/`resume` trains in a local mirror uploaded as it goes (remote/).
     """
     if is_url(run_dir) or is_url(resume):
         from taktstock.remote.sync import train_in_mirror
 
-        return train_in_mirror(train, config, overrides, run_dir, resume, force=force, callbacks=callbacks)
+        return train_in_mirror(train, config, overrides, run_dir, resume, force=force, callbacks=callbacks, overwrite=overwrite)
     if resume is not None:
         run = RunDir(Path(resume))
         config = check_resume_compatible(run, config, overrides, force)
@@ -80,17 +83,35 @@ def train(
         run = RunDir(Path(run_dir)) if run_dir else RunDir.new(config.experiment.output_dir, config.experiment.name)
         if run.root.exists() and not run.root.is_dir():
             raise ConfigError(f"--run-dir: {run.root} exists and is not a directory")
+        plan = relaunch_plan(run, with_absolute_paths(config), overwrite)
+        if plan == "complete":
+            return _completed(run)
+        if plan == "resume":  # the same command launched again (a requeue, a retry): continue the run
+            resume, overwrite = run.root, False
     config = with_absolute_paths(config)  # the run's config.yaml must work from any working directory
     dist = setup_distributed(config)
     try:
         # Under torchrun every rank must use rank 0's run directory (names carry a timestamp).
         run = RunDir(Path(dist.broadcast_object(str(run.root))))
-        return _train(config, run, dist, resuming=resume is not None, force=force, callbacks=callbacks)
+        return _train(config, run, dist, resuming=resume is not None, force=force, callbacks=callbacks, overwrite=overwrite)
     finally:
         teardown_distributed(dist)
 
 
-def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool, callbacks: list[Any] | None = None) -> RunResult:
+def _completed(run: RunDir) -> RunResult:
+    """A relaunch of a finished run: nothing is trained and no file is written (retries are idempotent)."""
+    info = run.read_info()
+    records = read_metrics(run.metrics) if run.metrics.exists() else []
+    final = {k: v for r in records if "step" in r for k, v in r.items() if k.startswith("val/")}
+    steps = int(info.get("steps") or 0)
+    if DistEnv.from_environ().is_main:
+        print(f"{run.root} holds a completed run (step {steps}): nothing to train (--overwrite trains it again)", file=sys.stderr)
+    return RunResult(run.root, "completed", steps, info.get("best"), final)
+
+
+def _train(
+    config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool, callbacks: list[Any] | None = None, overwrite: bool = False
+) -> RunResult:
     device = select_device(config.train.device, dist.local_rank)
     seed_everything(config.seed, config.train.deterministic)
     data = prepare(config)
@@ -105,7 +126,7 @@ def _train(config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bo
     trackers = TrackerGroup(build_trackers(config, run, dist) if dist.is_main else [], fail_soft=config.logging.fail_soft)
     if dist.is_main:
         if start is None:  # a fresh run, or a resume that found no valid checkpoint: start clean
-            _clear_previous_run(run, announce=not resuming)
+            _clear_previous_run(run, announce=overwrite)
         _init_run_dir(run, config, data.preprocessing(), resumed=start is not None)
         _copy_tokenizer(data, run)
     train_batches = build_train_batches(data.split("train"), config, device, dist.rank, dist.world_size)
@@ -244,8 +265,9 @@ def _finish(config: Config, run: RunDir, trainer: Trainer, parts: TrainerParts, 
     return RunResult(run.root, trainer.state.stop_reason or "completed", trainer.state.step, parts.monitor.best, final)
 
 
-def _clear_previous_run(run: RunDir, announce: bool = True) -> None:
-    """A fresh run in the directory of an earlier one replaces its results.
+def _clear_previous_run(run: RunDir, announce: bool = False) -> None:
+    """Clear an earlier run's results before a fresh start: only with --overwrite (`announce`), or for a resume
+    that found no valid checkpoint (which keeps the damaged checkpoint files for inspection).
 
     Left in place, the old run's higher-numbered checkpoints would be kept over the new ones by
     pruning and picked up by a later --resume, and its metrics and event files would mix with the
@@ -256,8 +278,7 @@ def _clear_previous_run(run: RunDir, announce: bool = True) -> None:
     import shutil
 
     if announce:
-        print(f"note: {run.root} held an earlier run; replacing its results (use --resume {run.root} to continue it)", file=sys.stderr)
-    # A resume that found no valid checkpoint keeps the (damaged) checkpoint files for inspection.
+        print(f"note: --overwrite: replacing the earlier run in {run.root}", file=sys.stderr)
     for path in (run.checkpoints, run.eval_dir, run.tensorboard, run.plots) if announce else (run.eval_dir, run.tensorboard, run.plots):
         shutil.rmtree(path, ignore_errors=True)
     for path in (run.metrics, run.samples, run.model, run.best, run.ema, run.info):

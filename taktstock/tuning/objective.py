@@ -73,7 +73,9 @@ def run_trial(config: Config, run_dir: Path, report: Report, quiet: bool = True,
             if log is not None:  # trial output goes to RUN_DIR/train.log, the sweep prints one line per trial
                 stack.enter_context(contextlib.redirect_stdout(log))
                 stack.enter_context(contextlib.redirect_stderr(log))
-            result = train(config, run_dir=run_dir, callbacks=[reporter])
+            # A trial's directory is its own (numbered per trial); a retried trial starts over so that every
+            # validation is reported to the pruner again, as the sweep did before relaunches continued runs.
+            result = train(config, run_dir=run_dir, callbacks=[reporter], overwrite=True)
     except Preempted as exc:
         raise KeyboardInterrupt(str(exc)) from None
     except Exception as exc:
@@ -112,7 +114,7 @@ def run_trial_processes(config: Config, run_dir: Path, report: Report, nproc: in
     trial_yaml = run_dir / "trial.yaml"
     save_config(with_absolute_paths(config), trial_yaml)  # as the run records it: paths absolute
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "taktstock", "train", str(trial_yaml), "--run-dir", str(run_dir)]
+    cmd += ["-m", "taktstock", "train", str(trial_yaml), "--run-dir", str(run_dir), "--overwrite"]  # as run_trial: starts over
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     t0 = time.time()
     offset, index, pruned = 0, 0, False
