@@ -42,7 +42,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         cfg = write_config(root / "config.yaml", CONFIG)
         rc, out = _cli(root, "reference", "train", str(cfg), "--run-dir", str(root / "reference"))  # uninterrupted, local
         assert rc == 0, out
-        yield server | {"root": root, "config": cfg, "reference": root / "reference"}
+        yield server | {"root": root, "config": cfg, "reference": root / "reference", "log": root / "moto.log"}
 
 
 def _env(s3: dict[str, Any], machine: str, **extra: str) -> dict[str, str]:
@@ -53,6 +53,11 @@ def _objects(s3: dict[str, Any], prefix: str) -> dict[str, bytes]:
     client = s3["client"]
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
     return {o["Key"].removeprefix(prefix + "/"): client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def _puts(log: Path) -> list[str]:
+    """Object uploads in the moto server's log, in order (not the write probe, which is deleted again)."""
+    return [m.group(1) for m in re.finditer(r'"PUT /runs/(\S+) HTTP', log.read_text()) if ".taktstock-write-probe-" not in m.group(1)]
 
 
 def _steps(objects: dict[str, bytes], suffix: str) -> set[int]:
@@ -73,8 +78,9 @@ def test_sigkill_during_an_upload_then_a_fresh_machine_continues_from_the_newest
     assert _steps(remote, "json") == {6, 9}, sorted(remote)  # complete ones, pruned to keep_last=2 (step 3 deleted remotely)
     assert _steps(remote, "pt") == {6, 9, 12}  # step 12: data without its manifest
 
+    # The same command again, on a fresh machine (as a rescheduled pod or a requeued job on another node).
     assert not (root / "machine2").exists()
-    rc, out = _cli(root, "killed-2", "train", "--resume", url, env=_env(s3, "machine2"))
+    rc, out = _cli(root, "killed-2", "train", str(s3["config"]), "--run-dir", url, env=_env(s3, "machine2"))
     assert rc == 0, out
     assert re.search(r"resuming \S+ from step-00000009\.pt \(step 9, epoch 0\)", out), out
     (mirror,) = [p for p in (root / "machine2").iterdir() if p.is_dir()]
@@ -91,6 +97,13 @@ def test_sigkill_during_an_upload_then_a_fresh_machine_continues_from_the_newest
         manifest = json.loads(remote[f"checkpoints/{name}.json"])
         assert hashlib.sha256(remote[f"checkpoints/{name}.pt"]).hexdigest() == manifest["sha256"], name
     assert json.loads(remote["run.json"])["status"] == "completed"
+
+    # Once more on another fresh machine: the run is complete, nothing is trained and nothing uploaded.
+    puts = _puts(s3["log"])
+    rc, out = _cli(root, "killed-3", "train", str(s3["config"]), "--run-dir", url, env=_env(s3, "machine4"))
+    assert rc == 0 and "holds a completed run (step 40)" in out, out
+    assert _puts(s3["log"])[len(puts) :] == [], "a finished run's relaunch uploaded files"
+    assert _objects(s3, prefix) == remote
 
     # evaluate and predict on a third machine, from the URL; evaluate's results are uploaded next to the run.
     env = _env(s3, "machine3")

@@ -95,6 +95,7 @@ class RemoteRun:
         except ValueError as exc:
             raise ConfigError(f"--run-dir {self.shown}: {exc}") from None
         self.root = path.rstrip("/")
+        self.pulled: set[str] = set()  # files `pull` downloaded: the uploader need not send them back
 
     def remote(self, rel: str) -> str:
         return f"{self.root}/{rel}"
@@ -147,13 +148,15 @@ class RemoteRun:
             tmp.unlink(missing_ok=True)
             return False
         os.replace(tmp, dest)
+        self.pulled.add(dest.relative_to(self.local).as_posix())
         return True
 
     def _download_checkpoint(self, name: str) -> CheckpointInfo | None:
         """Download checkpoints/<name>.pt and its manifest; None (nothing kept) unless the data matches the manifest."""
         ckpt = self.local / "checkpoints"
         try:
-            manifest = json.loads(self.fs.cat_file(self.remote(f"checkpoints/{name}.json")))
+            raw = self.fs.cat_file(self.remote(f"checkpoints/{name}.json"))
+            manifest = json.loads(raw)
         except (FileNotFoundError, ValueError):
             return None
         data = ckpt / f"{name}.pt"
@@ -164,7 +167,8 @@ class RemoteRun:
             print(f"warning: skipping damaged checkpoint {self.shown}/checkpoints/{name}.pt: its SHA-256 does not match", file=sys.stderr)
             data.unlink(missing_ok=True)
             return None
-        (ckpt / f"{name}.json").write_text(json.dumps(manifest))  # the manifest after its data, as a local save
+        (ckpt / f"{name}.json").write_bytes(raw)  # the manifest after its data, as a local save
+        self.pulled.add(f"checkpoints/{name}.json")
         return CheckpointInfo(data, int(manifest["step"]), digest)
 
     # -- pulling into the mirror -------------------------------------------------------------

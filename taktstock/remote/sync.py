@@ -19,6 +19,7 @@ Fault injection for tests (never set in production):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +46,14 @@ class Uploader:
         self.remote, self.local, self.keep_last = remote, remote.local, keep_last
         self.errors: dict[str, str] = {}  # remote file -> last error (cleared by a later success)
         self._sent: dict[str, tuple[int, int]] = {}  # local file -> (size, mtime_ns) last uploaded
+        for rel in remote.pulled:  # just downloaded: the remote has them (a relaunched finished run uploads nothing)
+            with contextlib.suppress(OSError):
+                stat = (self.local / rel).stat()
+                self._sent[rel] = (stat.st_size, stat.st_mtime_ns)
+        with contextlib.suppress(OSError):
+            if "checkpoints/best.json" in remote.pulled:
+                manifest = (self.local / "checkpoints/best.json").read_bytes()
+                self._sent["checkpoints/best.json#"] = (len(manifest), hash(manifest))
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="run-upload", daemon=True)
         self._thread.start()
