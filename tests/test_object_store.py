@@ -121,7 +121,9 @@ def test_sigkill_during_an_upload_then_a_fresh_machine_continues_from_the_newest
     assert (root / "url.csv").read_text() == (root / "local.csv").read_text()
 
     # --overwrite replaces the run in the bucket too: none of the old run's checkpoints is left to resume.
-    rc, out = _cli(root, "overwrite", "train", str(s3["config"]), "train.epochs=1", "--run-dir", url, "--overwrite", env=_env(s3, "machine4"))
+    rc, out = _cli(
+        root, "overwrite", "train", str(s3["config"]), "train.epochs=1", "--run-dir", url, "--overwrite", env=_env(s3, "machine4")
+    )
     assert rc == 0 and f"deleted the earlier run at {url}" in out, out
     remote = _objects(s3, prefix)
     assert _steps(remote, "json") == _steps(remote, "pt") == {18, 20} and "eval/metrics.json" not in remote
