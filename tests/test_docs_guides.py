@@ -32,7 +32,15 @@ STANDS_FOR = {
 # Config files an earlier command writes (a sweep's best.yaml, a trial's config): parsed, not resolved.
 WRITTEN_BY_A_RUN = re.compile(r"(^|/)(best|trial)\.yaml$")
 # Commands whose positional arguments are CONFIG [key=value ...].
-CONFIG_COMMANDS = {("train",), ("tune",), ("prepare",), ("config", "show"), ("pipeline", "dvc"), ("pipeline", "airflow")}
+CONFIG_COMMANDS = {
+    ("train",),
+    ("tune",),
+    ("prepare",),
+    ("config", "show"),
+    ("pipeline", "dvc"),
+    ("pipeline", "airflow"),
+    ("submit", "slurm"),
+}
 # YAML fragments that are only valid on top of another experiment: the first key path -> that experiment.
 FRAGMENT_BASE = {"logging.samples": "experiments/lm_stdlib.yaml"}
 # Import paths of the guides' own example code (docs/custom-code.md): checked against the schema only.

@@ -36,6 +36,7 @@ SKIP: list[tuple[str, str]] = [
     (r"--storage postgresql", "needs a PostgreSQL server (tests/test_tune.py starts its own)"),
     (r"--backend ray", "starts a Ray cluster (tens of seconds; tests/test_tune.py runs Ray Tune)"),
     (r"--nproc-per-node|^torchrun\b", "multi-process training: tests/test_distributed.py; too slow for this walk's budget"),
+    (r"^taktstock submit slurm\b", "needs a SLURM cluster: tests/test_slurm.py starts one and submits through it"),
     (r"^dvc (repro|exp run)\b", "re-trains the root pipeline's full config.yaml; tests/test_dvc.py runs dvc repro on a small one"),
     (r"logging\.wandb\.enabled=true", "W&B is not installed in this environment"),  # dropped below when wandb imports
 ]

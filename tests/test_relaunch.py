@@ -5,6 +5,7 @@ config exits 2 without touching R; only --overwrite replaces it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -12,10 +13,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, write_config
+import torch
+from conftest import cli_env, run_cli, tiny_config, write_config
 from resume_harness import ForkServer, count_lines, shared_server, wait_until
 
-from taktstock.checkpoint.manager import CheckpointManager
+from taktstock.checkpoint.manager import CheckpointManager, load_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -84,6 +86,7 @@ def test_sigkill_then_the_same_command_continues_from_the_newest_checkpoint_bit_
     # The path under test really ran: it continued from the newest checkpoint at kill time, not from step 0.
     assert f"resuming {run} from {newest.path.name} (step {newest.step}," in log, log
     assert "replacing" not in log and "from the beginning" not in log
+    assert "different environment" not in log  # the same environment: nothing alarming
     assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert (run / "best.safetensors").read_bytes() == (ref / "best.safetensors").read_bytes()
     assert (run / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()
@@ -145,3 +148,43 @@ def test_overwrite_replaces_the_run(server: ForkServer, reference: tuple[Path, P
     assert max(steps) == final < json.loads((ref / "run.json").read_text())["steps"]
     # No checkpoint of the old, longer run survives to be picked by a later resume.
     assert max(int(re.findall(r"\d+", p.name)[0]) for p in (run / "checkpoints").glob("step-*.pt")) <= final
+
+
+def test_a_resume_in_another_environment_says_why_bit_exactness_may_not_hold(
+    server: ForkServer, reference: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, ref = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    newest = CheckpointManager(run / "checkpoints").latest_valid()
+    assert newest is not None
+    state = load_checkpoint(newest.path)
+    recorded = state["environment"]
+    assert recorded["torch"] == torch.__version__ and recorded["world_size"] == 1 and recorded["device"] == "cpu"
+    assert recorded["deterministic_algorithms"] is True and "numpy" in recorded["packages"]
+    # As if written by another torch: a valid checkpoint (its manifest hash updated) with another version.
+    state["environment"]["torch"] = "1.13.1"
+    torch.save(state, newest.path)
+    manifest = newest.path.with_suffix(".json")
+    data = json.loads(manifest.read_text()) | {"sha256": hashlib.sha256(newest.path.read_bytes()).hexdigest()}
+    manifest.write_text(json.dumps(data | {"size": newest.path.stat().st_size}))
+    child = server.start(["train", "--resume", str(run), "train.epochs=5"], tmp_path, tmp_path / "r.log")
+    assert child.wait(120) == 0, child.output()
+    log = child.output()
+    assert f"resuming {run} from {newest.path.name} (step {newest.step}," in log  # it still resumes
+    (line,) = [x for x in log.splitlines() if "different environment" in x]
+    assert f"torch 1.13.1 -> {torch.__version__}" in line and "may differ in the last bits" in line, line
+
+
+def test_the_multi_process_launcher_decides_before_any_worker_starts(reference: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg, ref = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = snapshot(run)
+    env = cli_env(OMP_NUM_THREADS="1")
+    done = run_cli("train", str(cfg), "--run-dir", str(run), "--nproc-per-node", "2", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{run} holds a completed run: nothing to train" in done.stderr and "run directory:" in done.stdout
+    other = run_cli("train", str(cfg), "seed=6", "--run-dir", str(run), "--nproc-per-node", "2", cwd=tmp_path, env=env)
+    assert other.returncode == 2 and "seed (5 -> 6)" in other.stderr and "--overwrite" in other.stderr
+    assert snapshot(run) == before

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from taktstock.checkpoint.async_writer import snapshot
+from taktstock.checkpoint.environment import numerics_environment, resume_note
 from taktstock.checkpoint.manager import CheckpointWriter, checkpoint_name, load_checkpoint
 from taktstock.config.schema import CheckpointConfig
 from taktstock.errors import CheckpointError, ConfigError, TrainingAborted
@@ -87,6 +88,7 @@ class Checkpointer:
     def __init__(self, writer: CheckpointWriter, settings: CheckpointConfig, dist: Collectives, device: torch.device, horizon: int) -> None:
         self.writer, self.settings, self.dist, self.device = writer, settings, dist, device
         self.horizon = horizon  # the LR schedule's horizon (frozen on resume)
+        self._environment: dict[str, Any] | None = None  # taken at the first save, when every package in use is imported
         self.last: Path | None = None  # the newest periodic checkpoint of this process
         self._parts: list[_Part] = []
         self._clock = time.monotonic()
@@ -139,9 +141,15 @@ class Checkpointer:
                 "world_size": self.dist.world_size,
                 "schedule_total_steps": self.horizon,
                 "num_threads": torch.get_num_threads(),
+                "environment": self.environment(),  # what bit-exactness relies on (checkpoint/environment.py)
                 "ranks": ranks,  # per-rank state of multi-process runs, in rank order
             }
         )
+
+    def environment(self) -> dict[str, Any]:
+        if self._environment is None:
+            self._environment = numerics_environment(self.device, self.dist.world_size)
+        return self._environment
 
     def save(self, step: int) -> Path:
         """A periodic checkpoint: state from every rank, written by rank 0 (after a kept best state, see `write_best`)."""
@@ -247,6 +255,9 @@ class Checkpointer:
                 value = p.merge([r[p.key] for r in ranks], self.dist.is_main) if p.merge else ckpt[p.key]
             if p.obj is not None:
                 p.obj.load_state_dict(value)
+        note = resume_note(ckpt.get("environment"), numerics_environment(self.device, self.dist.world_size))
+        if note and self.dist.is_main:
+            print(note, file=sys.stderr)
         threads = ckpt.get("num_threads")
         if threads is not None and threads != torch.get_num_threads():
             print(

@@ -10,11 +10,13 @@ Workers run `python -m taktstock train ... --run-dir RUN_DIR`. On an elastic res
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taktstock.errors import ConfigError, UserError
 
@@ -192,6 +194,7 @@ def _run_torchrun(argv: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    forwarding = _forward_usr1_to_workers()
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:
@@ -205,3 +208,36 @@ def _run_torchrun(argv: list[str]) -> None:
         ) from None
     except SignalException as exc:
         raise LaunchFailed(128 + int(exc.sigval), None) from None
+    finally:
+        if forwarding is not None:
+            signal.signal(signal.SIGUSR1, forwarding)
+
+
+def _forward_usr1_to_workers() -> Any:
+    """SIGUSR1 (SLURM's warning before a time limit or preemption) to this launcher goes on to every worker.
+
+    torchrun's workers run in their own sessions, so a signal to the launcher does not reach them, and
+    SIGUSR1's default action would end the launcher. Each worker checkpoints at the same step boundary
+    (training/signals.py) and exits with 128 + 10. Returns the previous handler (None where there is no SIGUSR1).
+    """
+    if not hasattr(signal, "SIGUSR1"):
+        return None
+
+    def forward(signum: int, frame: Any) -> None:
+        for pid in _children(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+
+    try:
+        return signal.signal(signal.SIGUSR1, forward)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (Linux /proc; empty elsewhere)."""
+    out: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in path.read_text().split()]
+    return out

@@ -1,4 +1,7 @@
-"""Preemption: SIGTERM/SIGINT only set a flag; the loop checkpoints at the next step boundary.
+"""Preemption: SIGTERM/SIGINT/SIGUSR1 only set a flag; the loop checkpoints at the next step boundary.
+
+SIGUSR1 is what SLURM sends ahead of a time limit or preemption (`--signal=USR1@secs`, see
+pipelines/slurm.py); the run then exits with 128 + 10 and the batch script requeues the job.
 
 Checkpointing inside a signal handler can deadlock (locks held by the interrupted code), so the
 handler does nothing but record the request. A second SIGINT exits at once.
@@ -12,6 +15,9 @@ import signal
 from types import FrameType
 from typing import Any
 
+# SIGUSR1 does not exist on Windows.
+PREEMPT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+
 
 class PreemptionHandler:
     def __init__(self) -> None:
@@ -21,7 +27,7 @@ class PreemptionHandler:
 
     def install(self) -> None:
         self._pid = os.getpid()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in PREEMPT_SIGNALS:
             # Outside the main thread (e.g. a tuning worker thread) signal handlers cannot be installed.
             with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
