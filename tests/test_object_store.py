@@ -42,6 +42,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         cfg = write_config(root / "config.yaml", CONFIG)
         rc, out = _cli(root, "reference", "train", str(cfg), "--run-dir", str(root / "reference"))  # uninterrupted, local
         assert rc == 0, out
+        rc, out = _cli(root, "evaluate-local", "evaluate", str(root / "reference"))
+        assert rc == 0, out
         yield server | {"root": root, "config": cfg, "reference": root / "reference", "log": root / "moto.log"}
 
 
@@ -109,8 +111,6 @@ def test_sigkill_during_an_upload_then_a_fresh_machine_continues_from_the_newest
     env = _env(s3, "machine3")
     rc, out = _cli(root, "evaluate-url", "evaluate", url, env=env)
     assert rc == 0, out
-    rc, out = _cli(root, "evaluate-local", "evaluate", str(reference))
-    assert rc == 0, out
     expected = json.loads((reference / "eval" / "metrics.json").read_text())
     assert json.loads(_objects(s3, prefix)["eval/metrics.json"]) == expected
     np.savez(root / "rows.npz", x=np.random.default_rng(0).uniform(0, 16, (5, 64)).astype(np.float32))
@@ -144,3 +144,24 @@ def test_a_missing_bucket_is_exit_2_naming_the_url_before_anything_is_written(s3
     assert not (root / "m4").exists() and _objects(s3, "exp/run") == {}
     rc, out = _cli(root, "missing-eval", "evaluate", "s3://runs/exp/never-trained", env=_env(s3, "m4"))
     assert (rc, out.strip()) == (2, "error: s3://runs/exp/never-trained: not a run directory (no config.yaml there)")
+
+
+def test_failed_uploads_are_reported_and_the_same_command_uploads_the_finished_run(s3: dict[str, Any]) -> None:
+    """A bucket that stops taking writes after the start: training finishes, exit 1 names the URL and the local
+    mirror; the same command again (uploads working) trains nothing and uploads the run, checkpoints included."""
+    root, prefix = s3["root"], "exp/failing"
+    url = f"s3://{BUCKET}/{prefix}"
+    args = ["train", str(s3["config"]), "--run-dir", url]
+    rc, out = _cli(root, "failing-1", *args, env=_env(s3, "machine5", TAKTSTOCK_TEST_FAIL_UPLOAD="1"))
+    assert rc == 1, out
+    assert out.count("warning: could not upload checkpoints/step-00000003.pt") == 1, out  # once per file, not per retry
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"error: uploading the run to {url} failed (") and "Access Denied (test fault)" in last, last
+    assert last.endswith("holds it; launch the same command again to upload it"), last
+    assert _objects(s3, prefix) == {}
+    rc, out = _cli(root, "failing-2", *args, "--evaluate", env=_env(s3, "machine5"))
+    assert rc == 0 and "holds a completed run (step 40)" in out, out
+    remote = _objects(s3, prefix)
+    assert remote["model.safetensors"] == (s3["reference"] / "model.safetensors").read_bytes()
+    assert _steps(remote, "json") == _steps(remote, "pt") == {39, 40}
+    assert json.loads(remote["eval/metrics.json"]) == json.loads((s3["reference"] / "eval" / "metrics.json").read_text())

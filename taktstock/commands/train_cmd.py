@@ -118,8 +118,18 @@ def train(
             print("note: --evaluate skipped: no test or validation split (data.test_fraction and data.val_fraction are 0)", file=sys.stderr)
         else:
             run_evaluate(result.run_dir, split=split)
+            _upload_eval(run_dir, resume, result.run_dir)
             return  # evaluate's report ends with the run directory line
     print(f"run directory: {result.run_dir}")
+
+
+def _upload_eval(run_dir: str | None, resume: str | None, local: Path) -> None:
+    """--evaluate of a run at a URL: its eval/ goes next to the run in the bucket (training uploaded the rest)."""
+    from taktstock.remote.location import RemoteRun, is_url
+
+    url = next((u for u in (resume, run_dir) if is_url(u)), None)
+    if url is not None:
+        RemoteRun(url, local).upload_dir("eval")
 
 
 def _default_config() -> Path:
@@ -157,5 +167,6 @@ def _launch(
         from taktstock.evaluation.evaluate import evaluate as run_evaluate
 
         run_evaluate(target)
+        _upload_eval(run_dir, resume, target)
         return  # evaluate's report ends with the run directory line
     print(f"run directory: {target}")

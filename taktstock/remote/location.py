@@ -100,6 +100,10 @@ class RemoteRun:
     def remote(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
+    def reason(self, exc: BaseException) -> str:
+        """An error of the storage library in one line, the URL in it shown without its query (a SAS token, ...)."""
+        return _reason(exc).replace(self.url, self.shown)
+
     # -- checks ------------------------------------------------------------------------------
     def probe(self) -> None:
         """Write and delete a small object: a missing bucket or missing permission fails here, before training."""
@@ -108,7 +112,7 @@ class RemoteRun:
             self.fs.pipe_file(probe, b"taktstock write probe")
             self.fs.rm_file(probe)
         except Exception as exc:  # every backend raises its own types
-            raise ConfigError(f"--run-dir {self.shown}: cannot write there ({_reason(exc)})") from None
+            raise ConfigError(f"--run-dir {self.shown}: cannot write there ({self.reason(exc)})") from None
 
     # -- reading the remote ------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
@@ -248,7 +252,7 @@ def opened_run(run_dir: str | Path, write_back: tuple[str, ...] = ()) -> Iterato
     try:
         local = remote.download_run()
     except (OSError, PermissionError) as exc:
-        raise ConfigError(f"{remote.shown}: cannot read the run ({_reason(exc)})") from None
+        raise ConfigError(f"{remote.shown}: cannot read the run ({remote.reason(exc)})") from None
     yield local
     for rel in write_back:
         if (local / rel).is_dir():

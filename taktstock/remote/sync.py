@@ -14,12 +14,15 @@ and a finished run whose final upload failed exits 1 naming the URL.
 
 Fault injection for tests (never set in production):
     TAKTSTOCK_TEST_BLOCK_UPLOAD=STEP  the upload of the first checkpoint at or after STEP stops for good after
-        its data file and before its manifest, printing "test: upload of step-N blocked" to stderr.
+        its data file and before its manifest, printing "test: upload of step-N blocked" to stderr;
+    TAKTSTOCK_TEST_FAIL_UPLOAD=1      every upload and remote delete fails (OSError EACCES), as on a bucket
+        that stopped accepting writes after the start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -36,6 +39,7 @@ from taktstock.errors import TrainingAborted
 from taktstock.remote.location import RUN_FILES, RemoteRun, is_url
 
 _BLOCK_ENV = "TAKTSTOCK_TEST_BLOCK_UPLOAD"
+_FAIL_ENV = "TAKTSTOCK_TEST_FAIL_UPLOAD"
 _ACTIVE: dict[Path, Uploader] = {}  # local mirror root -> its uploader (rank 0 of a run at a URL)
 
 
@@ -50,10 +54,10 @@ class Uploader:
             with contextlib.suppress(OSError):
                 stat = (self.local / rel).stat()
                 self._sent[rel] = (stat.st_size, stat.st_mtime_ns)
-        with contextlib.suppress(OSError):
-            if "checkpoints/best.json" in remote.pulled:
-                manifest = (self.local / "checkpoints/best.json").read_bytes()
-                self._sent["checkpoints/best.json#"] = (len(manifest), hash(manifest))
+            if rel.startswith("checkpoints/") and rel.endswith(".json"):
+                with contextlib.suppress(OSError):
+                    manifest = (self.local / rel).read_bytes()
+                    self._sent[f"{rel}#"] = (len(manifest), hash(manifest))
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="run-upload", daemon=True)
         self._thread.start()
@@ -68,7 +72,7 @@ class Uploader:
 
     def finish(self) -> dict[str, str]:
         """Upload the run's final files, wait for everything pending, stop the thread; the failures left."""
-        self._queue.put(self._run_files)
+        self._queue.put(self._final)
         self._queue.put(None)
         self._thread.join()
         return self.errors
@@ -84,13 +88,15 @@ class Uploader:
 
     def _attempt(self, rel: str, upload: Callable[[], None]) -> bool:
         try:
+            if os.environ.get(_FAIL_ENV):
+                raise OSError(errno.EACCES, "Access Denied (test fault)")
             upload()
         except Exception as exc:  # every backend raises its own types; the next checkpoint retries
             if rel not in self.errors:
                 print(
-                    f"warning: could not upload {rel} to {self.remote.shown} ({type(exc).__name__}: {exc}); retrying later", file=sys.stderr
+                    f"warning: could not upload {rel} to {self.remote.shown} ({self.remote.reason(exc)}); retrying later", file=sys.stderr
                 )
-            self.errors[rel] = f"{type(exc).__name__}: {exc}"
+            self.errors[rel] = self.remote.reason(exc)
             return False
         self.errors.pop(rel, None)
         return True
@@ -135,6 +141,14 @@ class Uploader:
             if (self.local / folder).is_dir():
                 for path in sorted(p for p in (self.local / folder).rglob("*") if p.is_file()):
                     self._put(path.relative_to(self.local).as_posix())
+
+    def _final(self) -> None:
+        """The end of the run: its files, and the kept checkpoints an earlier failure or run left unsent."""
+        self._run_files()
+        periodic = CheckpointManager(self.local / "checkpoints").periodic()[: self.keep_last]
+        sent = [self._committed(f"checkpoints/{info.path.stem}") for info in reversed(periodic)]  # the newest last
+        if periodic and all(sent):
+            self._prune(periodic[0].step)
 
     def _committed(self, stem: str) -> bool:
         """Upload <stem>.pt when it matches <stem>.json, then that manifest (the commit record) last."""
