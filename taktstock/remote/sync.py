@@ -8,9 +8,10 @@ data file without a manifest, which a download never takes. metrics.jsonl is upl
 so a remote checkpoint's `metrics_offset` never points past the remote metrics file.
 
 Uploads run on one thread while training goes on; at most one checkpoint upload is pending (the next
-save waits for it, as with checkpoint.async_write), so every checkpoint reaches the bucket; a failed upload is reported (once per file) and the
-next checkpoint tries again; the run waits for pending uploads at its end, also when preempted or failed,
-and a finished run whose final upload failed exits 1 naming the URL.
+save waits for it, as with checkpoint.async_write), so every checkpoint reaches the bucket. A failed
+upload is reported (once per file) and the next checkpoint tries again; the run waits for pending uploads
+at its end, also when preempted or failed, and a finished run whose final upload failed exits 1 naming
+the URL (the same command again uploads it: a relaunched finished run sends what the bucket lacks).
 
 Fault injection for tests (never set in production):
     TAKTSTOCK_TEST_BLOCK_UPLOAD=STEP  the upload of the first checkpoint at or after STEP stops for good after
@@ -246,7 +247,8 @@ def train_in_mirror(train: Callable[..., Any], config: Any, overrides: Any, run_
             del _ACTIVE[local.resolve()]
             errors = uploader.finish()
             if errors:
-                detail = "; ".join(f"{rel}: {err}" for rel, err in sorted(errors.items()))
+                failures = [f"{rel}: {err}" for rel, err in sorted(errors.items())]
+                detail = "; ".join(failures[:2]) + (f"; and {len(failures) - 2} more file(s)" if len(failures) > 2 else "")
                 message = f"uploading the run to {remote.shown} failed ({detail}); the local mirror {local} holds it"
                 if failed:
                     print(f"error: {message}", file=sys.stderr)
