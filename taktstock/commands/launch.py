@@ -143,6 +143,7 @@ def launch(
         remote.probe()
         local = remote.pull()
         resume, run_dir = (local if resume is not None else None), (local if run_dir is not None else None)
+    resume, run_dir = (Path(resume) if resume is not None else None), (Path(run_dir) if run_dir is not None else None)
     if resume is not None:
         config = check_resume_compatible(RunDir(resume), config_path, overrides, force)
     else:
