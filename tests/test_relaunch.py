@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -187,4 +188,21 @@ def test_the_multi_process_launcher_decides_before_any_worker_starts(reference: 
     assert f"{run} holds a completed run: nothing to train" in done.stderr and "run directory:" in done.stdout
     other = run_cli("train", str(cfg), "seed=6", "--run-dir", str(run), "--nproc-per-node", "2", cwd=tmp_path, env=env)
     assert other.returncode == 2 and "seed (5 -> 6)" in other.stderr and "--overwrite" in other.stderr
+    assert snapshot(run) == before
+
+
+def test_a_run_still_being_trained_is_not_launched_into_twice(server: ForkServer, reference: tuple[Path, Path], tmp_path: Path) -> None:
+    from taktstock.utils.process import this_process
+
+    cfg, ref = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    # As if this (live) test process were training the run.
+    info = json.loads((run / "run.json").read_text()) | {"status": "running", "process": this_process()}
+    (run / "run.json").write_text(json.dumps(info))
+    before = snapshot(run)
+    child = server.start(["train", str(cfg), "--run-dir", str(run)], tmp_path, tmp_path / "out.log", err=tmp_path / "err.log")
+    assert child.wait(120) == 2
+    err = (tmp_path / "err.log").read_text()
+    assert err.strip() == f"error: --run-dir: {run} is being trained right now (pid {os.getpid()}); wait for it or stop it first"
     assert snapshot(run) == before

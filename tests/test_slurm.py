@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,8 +139,8 @@ def resumed_from(log: str, run: Path) -> tuple[str, int]:
 
 @pytest.mark.timeout(150)
 def test_sigusr1_checkpoints_requeues_and_the_job_ends_bit_identical(cluster: SlurmCluster, server: ForkServer, tmp_path: Path) -> None:
-    _, ref = project(tmp_path, server, epochs=3)
-    job = submit(cluster, tmp_path, "--time", "10:00", "--grace", "60", slow=0.03)
+    _, ref = project(tmp_path, server, epochs=2)
+    job = submit(cluster, tmp_path, "--time", "10:00", "--grace", "60", slow=0.05)
     run = (tmp_path / "run").resolve()
     wait_for(lambda: (run / "checkpoints" / "last.json").is_file(), "a first checkpoint", cluster, 90)
     # What SLURM does ahead of a time limit with --signal=B:USR1: signal the batch shell.
@@ -156,9 +158,10 @@ def test_a_job_whose_time_limit_runs_out_mid_run_finishes_after_its_requeue(
     cluster: SlurmCluster, server: ForkServer, tmp_path: Path
 ) -> None:
     _, ref = project(tmp_path, server, epochs=2)
-    # SLURM's smallest limit is a minute; SIGUSR1 is due 50 s before it (SLURM checks about every 30 s), while
-    # the first attempt would need minutes at 0.6 s per step.
-    job = submit(cluster, tmp_path, "--time", "1:00", "--grace", "50", slow=0.6)
+    # SLURM's smallest limit is a minute. SIGUSR1 is due 40 s before it, but SLURM may send it up to a minute
+    # early: it lands during start-up (remembered: the run checkpoints after its first step) or mid-run. The
+    # first attempt would need about two minutes at 1.5 s per step (80 steps): it cannot finish in time.
+    job = submit(cluster, tmp_path, "--time", "1:00", "--grace", "40", slow=1.5)
     restarts = finish_after_requeues(cluster, job, 150)
     assert restarts >= 1
     run = (tmp_path / "run").resolve()
@@ -186,3 +189,34 @@ def test_submit_without_sbatch_exits_2_and_dry_run_prints_the_script(tmp_path: P
     assert not (tmp_path / "r").exists()  # --dry-run writes nothing
     proc = run_cli("submit", "slurm", "c.yaml", "--time", "1:00", "--grace", "60", "--dry-run", cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "--grace 60" in proc.stderr
+
+
+@pytest.mark.timeout(240)
+def test_sigusr1_to_the_per_node_launcher_reaches_every_worker_and_the_same_command_continues(tmp_path: Path) -> None:
+    """What a multi-GPU SLURM node runs: `train --nproc-per-node 2`; srun passes SIGUSR1 to that launcher only."""
+    (tmp_path / "slowstep.py").write_text(SLOW_STEP)
+    cfg = write_config(tmp_path / "c.yaml", config(epochs=1))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "taktstock", "train", str(cfg), "--run-dir", str(run), "--nproc-per-node", "2"]
+    env = cli_env(OMP_NUM_THREADS="1", PYTHONPATH=f"{cli_env()['PYTHONPATH']}{os.pathsep}{tmp_path}")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env | {"SLOW_STEP_S": "0.05"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run / "checkpoints").glob("step-*.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        proc.send_signal(signal.SIGUSR1)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGUSR1, err[-4000:]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "preempted" and "Traceback" not in err
+    saved = f"{run}/checkpoints/step-{info['steps']:08d}.pt"
+    assert f"SIGUSR1: saved {saved}" in err
+    again = run_cli("train", str(cfg), "--run-dir", str(run), "--nproc-per-node", "2", cwd=tmp_path, env=env, timeout=180)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert f"resuming {run} from step-{info['steps']:08d}.pt (step {info['steps']}," in again.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"

@@ -61,6 +61,9 @@ def train(
     ] = 0,
 ) -> None:
     """Train an experiment: taktstock train config.yaml train.epochs=5 optim.lr=3e-4"""
+    from taktstock.training.signals import defer_early_usr1
+
+    defer_early_usr1()  # before the slow imports: SLURM's warning may come early (training/signals.py)
     from taktstock.errors import TrainingAborted
     from taktstock.training.trainer import Preempted
 

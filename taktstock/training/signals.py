@@ -19,6 +19,22 @@ from typing import Any
 PREEMPT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
 
 
+# SIGUSR1 received before the training loop installed its handler (see defer_early_usr1).
+_early: list[str] = []
+
+
+def defer_early_usr1() -> None:
+    """Remember a SIGUSR1 that arrives while the run starts up, instead of dying of it.
+
+    SLURM may send its time-limit warning up to a minute early, so with short limits it can land during
+    imports or data preparation; the training loop then checkpoints after its first step and exits 138.
+    Called by `taktstock train` first thing (main thread only; elsewhere a no-op).
+    """
+    if hasattr(signal, "SIGUSR1"):
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGUSR1, lambda signum, frame: _early.append("SIGUSR1"))
+
+
 class PreemptionHandler:
     def __init__(self) -> None:
         self.requested: str | None = None
@@ -31,6 +47,9 @@ class PreemptionHandler:
             # Outside the main thread (e.g. a tuning worker thread) signal handlers cannot be installed.
             with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if _early and self.requested is None:
+            self.requested = _early.pop()
+            os.write(2, b"SIGUSR1 received during start-up: stopping after the first step and saving a checkpoint\n")
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:
