@@ -8,12 +8,8 @@ The remote is a moto S3 server started here on 127.0.0.1 (stopped by PID); its r
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +19,7 @@ import pytest
 import torch
 
 from tests.conftest import cli_env, tiny_config, write_config
+from tests.moto_server import moto_s3
 from tests.resume_harness import ForkServer, count_lines, shared_server, wait_until
 
 pytest.importorskip("streaming")
@@ -92,44 +89,17 @@ def test_mds_path_without_an_index_is_a_config_error(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ S3 remote
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3(digits: dict[str, Path]) -> Iterator[dict[str, Any]]:
     """A moto S3 server on 127.0.0.1 holding the digits shards under s3://shards/digits/; its log lists requests."""
     pytest.importorskip("moto")
-    import boto3
-
-    port, log = _free_port(), digits["root"] / "moto.log"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    env["S3_ENDPOINT_URL"] = endpoint = f"http://127.0.0.1:{port}"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
-    try:
-        while True:  # ready when the port accepts a connection; a server that exited fails the fixture
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                try:
-                    proc.wait(timeout=0.05)
-                    raise RuntimeError(f"moto server exited ({proc.returncode}):\n{log.read_text()}")
-                except subprocess.TimeoutExpired:
-                    pass
-        client = boto3.client(
-            "s3", endpoint_url=endpoint, **{k.lower(): v for k, v in env.items() if k.startswith("AWS_") and "REGION" not in k}
-        )
+    log = digits["root"] / "moto.log"
+    with moto_s3(log) as server:
+        client = server["client"]
         client.create_bucket(Bucket=BUCKET)
         for file in sorted(p for p in digits["shards"].rglob("*") if p.is_file()):
             client.upload_file(str(file), BUCKET, f"{PREFIX}/{file.relative_to(digits['shards']).as_posix()}")
-        yield {"env": cli_env(**env), "log": log, "remote": f"s3://{BUCKET}/{PREFIX}"}
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        yield {"env": cli_env(**server["env"]), "log": log, "remote": f"s3://{BUCKET}/{PREFIX}"}
 
 
 def _gets(log: Path) -> Counter[str]:

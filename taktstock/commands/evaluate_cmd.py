@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,12 +12,14 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
+    run_dir: Annotated[str, typer.Argument(help="Run directory written by train, or its URL (s3://...).")],
     checkpoint: Annotated[str, typer.Option(help="Weights to evaluate: best or last.")] = "best",
     split: Annotated[str, typer.Option(help="Split: test, val or train.")] = "test",
     weights: Annotated[str | None, typer.Option(help="train.ema runs: ema (default) or raw weights.")] = None,
 ) -> None:
     """Evaluate a trained run; writes RUN_DIR/eval/metrics.json, report.json and confusion_matrix.png."""
     from taktstock.evaluation.evaluate import evaluate as run_evaluate
+    from taktstock.remote.location import opened_run
 
-    run_evaluate(run_dir, checkpoint=checkpoint, split=split, weights=weights)
+    with opened_run(run_dir, write_back=("eval",)) as local:
+        run_evaluate(local, checkpoint=checkpoint, split=split, weights=weights)

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
+    run_dir: Annotated[str, typer.Argument(help="Run directory written by train, or its URL (s3://...).")],
     format: Annotated[str, typer.Option("--format", help="onnx, torchscript or safetensors.")] = "onnx",
     checkpoint: Annotated[str, typer.Option(help="Weights to export: best or last.")] = "best",
     out: Annotated[Path | None, typer.Option(help="Output file (default RUN_DIR/export/model.<ext>).")] = None,
@@ -26,6 +26,8 @@ def export(
         for module in ("onnx", "onnxscript", "onnxruntime"):  # torch.onnx.export needs onnx + onnxscript; the check, onnxruntime
             optional_import(module, "export", "taktstock export --format onnx")
     from taktstock.deploy.export import export as run_export
+    from taktstock.remote.location import opened_run
 
-    path, diff = run_export(run_dir, format, checkpoint, out, weights=weights)
+    with opened_run(run_dir, write_back=() if out else ("export",)) as local:
+        path, diff = run_export(local, format, checkpoint, out, weights=weights)
     print(f"wrote {path} (checked: max difference to PyTorch {diff:.2g})")

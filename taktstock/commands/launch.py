@@ -114,13 +114,13 @@ class LaunchFailed(Exception):
 def launch(
     config_path: Path | None,
     overrides: list[str],
-    run_dir: Path | None,
-    resume: Path | None,
+    run_dir: str | Path | None,
+    resume: str | Path | None,
     force: bool,
     opts: LaunchOptions,
     overwrite: bool = False,
 ) -> Path:
-    """Run the experiment on `opts.world_size` processes and return its run directory.
+    """Run the experiment on `opts.world_size` processes and return its run directory (a URL's: its local mirror).
 
     A --run-dir holding a run is decided here, once, before any worker starts (training/resume.py
     relaunch_plan): continued with --resume, left alone when complete, replaced only with --overwrite.
@@ -129,6 +129,7 @@ def launch(
     from taktstock.checkpoint.checkpointer import check_resume_world_size
     from taktstock.config.loader import load_config
     from taktstock.config.paths import with_absolute_paths
+    from taktstock.remote.location import RemoteRun, is_url
     from taktstock.run_dir import RunDir
     from taktstock.training.distributed import check_world_size
     from taktstock.training.resume import check_resume_compatible, relaunch_plan
@@ -136,6 +137,13 @@ def launch(
     if "WORLD_SIZE" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         raise UserError("--nproc-per-node: already running under torchrun; drop the launcher options (or run taktstock train directly)")
     opts.validate()
+    url = next((u for u in (resume, run_dir) if is_url(u)), None)
+    if url is not None:  # checked here on the mirror; the workers get the URL and upload (see remote/sync.py)
+        remote = RemoteRun(str(url))
+        remote.probe()
+        local = remote.pull()
+        resume, run_dir = (local if resume is not None else None), (local if run_dir is not None else None)
+    resume, run_dir = (Path(resume) if resume is not None else None), (Path(run_dir) if run_dir is not None else None)
     if resume is not None:
         config = check_resume_compatible(RunDir(resume), config_path, overrides, force)
     else:
@@ -163,7 +171,7 @@ def launch(
     else:
         target = RunDir.new(config.experiment.output_dir, config.experiment.name).root
     worker = ["train", *([str(config_path)] if config_path else []), *overrides]
-    worker += ["--resume", str(target)] if resume is not None else ["--run-dir", str(target)]
+    worker += ["--resume", str(url or target)] if resume is not None else ["--run-dir", str(url or target)]
     if force:
         worker.append("--force")
     if overwrite:

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")],
+    run_dir: Annotated[str, typer.Argument(help="Run directory written by train, or its URL (s3://...).")],
     input: Annotated[
         Path,
         typer.Argument(
@@ -29,8 +29,10 @@ def predict(
     """Batch inference with the run's training-time preprocessing; writes class and probabilities (or value)."""
     from taktstock.deploy.predict import predict as run_predict
     from taktstock.deploy.predict import to_csv
+    from taktstock.remote.location import opened_run
 
-    header, rows = run_predict(run_dir, input, checkpoint, weights=weights)
+    with opened_run(run_dir) as local:
+        header, rows = run_predict(local, input, checkpoint, weights=weights)
     text = to_csv(header, rows)
     if out is None:
         sys.stdout.write(text)

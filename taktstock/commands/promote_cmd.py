@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,14 +11,16 @@ def register(app: typer.Typer) -> None:
     app.command()(promote)
 
 
-def promote(run_dir: Annotated[Path, typer.Argument(help="Run directory written by train.")]) -> None:
+def promote(run_dir: Annotated[str, typer.Argument(help="Run directory written by train, or its URL (s3://...).")]) -> None:
     """Register the run's best model in MLflow; it becomes `champion` only if its test metric beats the current one."""
     from taktstock.utils.imports import optional_import
 
     optional_import("mlflow", "mlflow", "taktstock promote")  # the model registry is MLflow's
     from taktstock.pipelines.promote import promote as run_promote
+    from taktstock.remote.location import opened_run
 
-    r = run_promote(run_dir)
+    with opened_run(run_dir) as local:
+        r = run_promote(local)
     if r.already_champion:  # a re-run of promote on the champion's own weights changes nothing
         print(f"{r.model} version {r.version}: {r.metric} = {r.value:.6g} -> already the champion (same weights), unchanged")
         return

@@ -1,4 +1,5 @@
-"""`taktstock submit slurm`: write a batch script for the experiment under its run directory and submit it."""
+"""`taktstock submit slurm`: write a batch script for the experiment under its run directory and submit it.
+`taktstock submit k8s` (a Kubeflow PyTorchJob) lives in commands/submit_k8s_cmd.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-submit_app = typer.Typer(help="Submit a training run to a cluster scheduler (SLURM).", no_args_is_help=True)
+from taktstock.commands import submit_k8s_cmd
+
+submit_app = typer.Typer(help="Submit a training run to a cluster scheduler (SLURM, Kubernetes).", no_args_is_help=True)
 
 _ARGS_HELP = "CONFIG file, then key.path=value overrides (the job trains with them)."
 
@@ -80,3 +83,6 @@ def slurm(
     path.write_text(text)
     job = slurm_script.sbatch(path)
     print(f"submitted job {job}: run directory {run.root} (log {run.root / f'slurm-{job}.out'})")
+
+
+submit_app.command(context_settings={"allow_interspersed_args": True})(submit_k8s_cmd.k8s)  # its own module: one job per file

@@ -24,15 +24,15 @@ def register(app: typer.Typer) -> None:
 def train(
     args: Annotated[list[str] | None, typer.Argument(help="CONFIG file, then key.path=value overrides.", show_default=False)] = None,
     run_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--run-dir",
-            help="Run directory (default experiments/runs/<name>-<time>). If it holds a run with the same config, that run "
-            "is continued (or left alone when complete).",
+            help="Run directory (default experiments/runs/<name>-<time>), or a URL (s3://...). If it holds a run with the same "
+            "config, that run is continued (or left alone when complete).",
         ),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the run in this directory from its newest valid checkpoint.")
+        str | None, typer.Option("--resume", help="Continue the run in this directory (or URL) from its newest valid checkpoint.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Resume even if the config changed in ways that break exactness.")] = False,
     overwrite: Annotated[
@@ -122,10 +122,11 @@ def train(
     from taktstock.training.run import train as run_train
 
     if resume is None and run_dir is not None and restart_count() > 0:
+        from taktstock.remote.location import is_url, mirror_dir
         from taktstock.run_dir import RunDir
 
         # torchrun restarted the worker group: continue the run from its newest valid checkpoint.
-        if RunDir(run_dir).config.is_file():
+        if RunDir(mirror_dir(run_dir) if is_url(run_dir) else Path(run_dir)).config.is_file():
             resume, overwrite = run_dir, False  # --overwrite was for the first attempt, not for its restarts
 
     try:
@@ -152,8 +153,18 @@ def train(
             print("note: --evaluate skipped: no test or validation split (data.test_fraction and data.val_fraction are 0)", file=sys.stderr)
         else:
             run_evaluate(result.run_dir, split=split)
+            _upload_eval(run_dir, resume, result.run_dir)
             return  # evaluate's report ends with the run directory line
     print(f"run directory: {result.run_dir}")
+
+
+def _upload_eval(run_dir: str | None, resume: str | None, local: Path) -> None:
+    """--evaluate of a run at a URL: its eval/ goes next to the run in the bucket (training uploaded the rest)."""
+    from taktstock.remote.location import RemoteRun, is_url
+
+    url = next((u for u in (resume, run_dir) if is_url(u)), None)
+    if url is not None:
+        RemoteRun(url, local).upload_dir("eval")
 
 
 def _default_config() -> Path:
@@ -170,8 +181,8 @@ def _default_config() -> Path:
 def _launch(
     config_path: Path | None,
     overrides: list[str],
-    run_dir: Path | None,
-    resume: Path | None,
+    run_dir: str | None,
+    resume: str | None,
     force: bool,
     evaluate: bool,
     opts: LaunchOptions,
@@ -192,5 +203,6 @@ def _launch(
         from taktstock.evaluation.evaluate import evaluate as run_evaluate
 
         run_evaluate(target)
+        _upload_eval(run_dir, resume, target)
         return  # evaluate's report ends with the run directory line
     print(f"run directory: {target}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from taktstock.checkpoint.checkpointer import Checkpointer, find_resume, schedule_horizon
-from taktstock.checkpoint.manager import CheckpointManager, CheckpointWriter
+from taktstock.checkpoint.manager import CheckpointWriter
 from taktstock.checkpoint.weights import save_weights
 from taktstock.config.loader import config_to_dict, load_config, save_config
 from taktstock.config.paths import with_absolute_paths
@@ -21,6 +21,8 @@ from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError, TrainingAborted
 from taktstock.metrics.collection import build_epoch_metrics
 from taktstock.models.finetune import finetune_callbacks
+from taktstock.remote.location import is_url
+from taktstock.remote.sync import checkpoint_manager
 from taktstock.run_dir import RunDir
 from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.factory import build_trackers
@@ -69,7 +71,12 @@ def train(
     A `run_dir` that holds a run with the same config is continued (or left alone when complete); one with a
     different config is a ConfigError unless `overwrite` replaces it (see training/resume.py relaunch_plan).
     `callbacks` are extra trainer callbacks (after those of train.callbacks), e.g. a tuning trial's pruning reporter.
+    A URL (s3://..., any fsspec URL) as `run_dir`/`resume` trains in a local mirror uploaded as it goes (remote/).
     """
+    if is_url(run_dir) or is_url(resume):
+        from taktstock.remote.sync import train_in_mirror
+
+        return train_in_mirror(train, config, overrides, run_dir, resume, force=force, callbacks=callbacks, overwrite=overwrite)
     if resume is not None:
         run = RunDir(Path(resume))
         config = check_resume_compatible(run, config, overrides, force)
@@ -227,7 +234,7 @@ def _train(
 
 
 def _checkpoint_writer(config: Config, run: RunDir) -> CheckpointWriter:
-    writer: CheckpointWriter = CheckpointManager(run.checkpoints, config.checkpoint.keep_last)
+    writer: CheckpointWriter = checkpoint_manager(run.checkpoints, config.checkpoint.keep_last)  # uploads for a run at a URL
     if config.checkpoint.async_write:
         from taktstock.checkpoint.async_writer import AsyncCheckpointManager
 

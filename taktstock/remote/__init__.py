@@ -1,0 +1,1 @@
+"""Run directories in object storage (s3://, gs://, az://, any fsspec URL): a local mirror, uploaded as it is written."""
