@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import cli_env, tiny_config, write_config
+from tests.conftest import cli_env, require, tiny_config, write_config
 from tests.resume_harness import ForkServer, count_lines, shared_server, wait_until
 
-pytest.importorskip("streaming")
+require("streaming")
 
 BUCKET, PREFIX = "shards", "digits"
 # Small shards: the digits splits span many of them, so random access really crosses shard boundaries.
@@ -101,7 +101,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3(digits: dict[str, Path]) -> Iterator[dict[str, Any]]:
     """A moto S3 server on 127.0.0.1 holding the digits shards under s3://shards/digits/; its log lists requests."""
-    pytest.importorskip("moto")
+    require("moto")
     import boto3
 
     port, log = _free_port(), digits["root"] / "moto.log"

@@ -19,11 +19,11 @@ import torch
 
 from taktstock.data.mds.cache import LOG_ENV, cache_bytes
 from tests import test_mds
-from tests.conftest import tiny_config, write_config
+from tests.conftest import require, tiny_config, write_config
 from tests.resume_harness import ForkServer, count_lines, shared_server, wait_until
 from tests.test_mds import RUN, SHARD_SIZE, _cli, _train
 
-pytest.importorskip("streaming")
+require("streaming")
 
 s3 = test_mds.s3  # the moto S3 server fixture, serving this module's shards (its `digits` is the one below)
 BLOCK = 2  # shards per block: digits' ~21 training shards of 16 kB make ~11 blocks
