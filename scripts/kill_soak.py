@@ -8,8 +8,9 @@ cosine schedule, validation every 5 steps, early stopping) into a fresh run dire
 `--kills-per-run` times (at random metrics lines, or - with probability --in-write - inside a
 checkpoint write slowed down by TAKTSTOCK_TEST_SLOW_CHECKPOINT_WRITE), resumes with
 `taktstock train --resume` until it finishes, and compares model.safetensors and metrics.jsonl
-byte for byte with the reference. Episodes repeat until N kills have happened. Exit code 0 only if
-every episode matched. Not part of the default test suite (it runs for minutes).
+byte for byte with the reference (trained in a fresh interpreter). Each resume must announce the newest
+valid checkpoint at its kill, and no kill lands before it has (an AssertionError stops the soak otherwise).
+Episodes repeat until N kills have happened. Exit code 0 only if every episode matched. Not part of the default test suite (it runs for minutes).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import write_config  # noqa: E402
-from resume_harness import ForkServer, count_lines, kill_and_resume  # noqa: E402
+from resume_harness import ForkServer, count_lines, kill_and_resume, reference_server  # noqa: E402
 from test_resume_kill import kill_config  # noqa: E402
 
 
@@ -50,7 +51,8 @@ def main() -> int:
     try:
         cfg = write_config(work / "config.yaml", kill_config(workers=args.workers, epochs=args.epochs))
         ref = work / "reference"
-        if server.run(["train", str(cfg), "--run-dir", str(ref)], work, work / "reference.log") != 0:
+        # The reference in a fresh interpreter, the killed runs forked (see tests/resume_harness.py).
+        if reference_server().run(["train", str(cfg), "--run-dir", str(ref)], work, work / "reference.log") != 0:
             print((work / "reference.log").read_text(), file=sys.stderr)
             return 2
         want_model, want_metrics = (ref / "model.safetensors").read_bytes(), (ref / "metrics.jsonl").read_bytes()
@@ -64,7 +66,8 @@ def main() -> int:
             kills, in_write, matched = kills + stats.kills, in_write + stats.in_write, matched + ok
             print(
                 f"episode {episodes}: {stats.kills} kills ({stats.in_write} inside checkpoint writes), "
-                f"{stats.resumes} resumes: {'bit-identical' if ok else 'MISMATCH'}",
+                f"{stats.resumes} resumes ({sum(s is not None for s in stats.resumed_from)} from a checkpoint, each the newest "
+                f"valid one at its kill): {'bit-identical' if ok else 'MISMATCH'}",
                 flush=True,
             )
             if not ok:

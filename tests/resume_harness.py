@@ -7,14 +7,28 @@ then forks one child per `taktstock ...` command. Each child is a real OS proces
 CLI (`taktstock.cli.main`) that we SIGKILL/SIGTERM/SIGINT like any other; the server only reaps it
 and reports its exit code. Children never share state with each other: each is a fresh fork of the
 pristine server.
+
+`TAKTSTOCK_TEST_SUBPROCESS=1` (or `ForkServer(fresh=True)`) starts every command as a real
+`python -m taktstock` instead, with the same interface; `reference_server()` does so by default, so the
+uninterrupted reference run of a kill test starts from a fresh interpreter (its own hash seed, imports and
+RNG draws) while the killed and resumed side forks: a resume that depended on the pre-imported state would
+not match it.
+
+A resumed child must say where it continued: `assert_resumed_from` checks its `resuming ... (step N, ...)`
+line against the newest valid checkpoint on disk at kill time (taktstock's own listing and hash check), so a
+resume that silently restarted from step 0 - and, training being deterministic, still ended bit-identical -
+fails.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import json
 import os
 import random
+import re
 import select
 import signal
 import subprocess
@@ -22,7 +36,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taktstock.checkpoint.manager import CheckpointInfo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,20 +104,30 @@ for line in sys.stdin:
 
 
 class ForkServer:
-    """Runs `taktstock ARGS` in forked children of one pre-imported interpreter (see module docstring)."""
+    """Runs `taktstock ARGS` in forked children of one pre-imported interpreter (see module docstring).
 
-    def __init__(self, start_timeout: float = 120.0) -> None:
+    `fresh=True` (default: TAKTSTOCK_TEST_SUBPROCESS=1) runs each command in a new interpreter instead."""
+
+    def __init__(self, start_timeout: float = 120.0, fresh: bool | None = None) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", WANDB_MODE="offline", RAY_USAGE_STATS_ENABLED="0")
         env.setdefault("OMP_NUM_THREADS", "1")
+        self.env = env
+        self.fresh = os.environ.get("TAKTSTOCK_TEST_SUBPROCESS") == "1" if fresh is None else fresh
+        self.proc: subprocess.Popen[str] | None = None
+        if self.fresh:
+            return
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1
         )
         self._read(start_timeout)  # {"ready": pid}
 
+    def alive(self) -> bool:
+        return self.fresh or (self.proc is not None and self.proc.poll() is None)
+
     def _read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
+        assert self.proc is not None and self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
             raise TimeoutError(f"fork server gave no answer within {timeout:.0f}s")
@@ -114,7 +141,9 @@ class ForkServer:
     ) -> Child:
         """Fork `taktstock ARGS`: stdout to `log`, stderr to `err` (default: `log` too); `env` updates the server's
         environment, or replaces it with `replace_env`."""
-        assert self.proc.stdin is not None
+        if self.fresh:
+            return self._start_fresh(args, cwd, log, env, err, replace_env)
+        assert self.proc is not None and self.proc.stdin is not None
         req = {
             "args": args,
             "cwd": str(cwd),
@@ -127,11 +156,31 @@ class ForkServer:
         self.proc.stdin.flush()
         return Child(self, self._read(30)["pid"], log)
 
+    def _start_fresh(self, args: list[str], cwd: Path, log: Path, env: dict[str, str] | None, err: Path | None, replace_env: bool) -> Child:
+        """`python -m taktstock ARGS` in a new session (its own process group, as a forked child has)."""
+        full = dict(env or {}) if replace_env else self.env | (env or {})
+        full.setdefault("PYTHONUNBUFFERED", "1")  # as the forked child's line-buffered streams: a log read mid-run is current
+        with contextlib.ExitStack() as files:
+            out: IO[bytes] = files.enter_context(open(log, "wb"))
+            errors: IO[bytes] | int = files.enter_context(open(err, "wb")) if err else subprocess.STDOUT
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "taktstock", *args],
+                cwd=cwd,
+                env=full,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=errors,
+                start_new_session=True,
+            )
+        return Child(self, popen.pid, log, popen=popen)
+
     def run(self, args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 120) -> int:
         return self.start(args, cwd, log, env).wait(timeout)
 
     def close(self) -> None:
         """Stop the idle server (it holds no state worth a graceful exit)."""
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
@@ -149,10 +198,17 @@ def shared_server() -> ForkServer:
     It also exits by itself when its parent goes away (its stdin closes).
     """
     global _shared
-    if _shared is None or _shared.proc.poll() is not None:
+    if _shared is None or not _shared.alive():
         _shared = ForkServer()
         atexit.register(_shared.close)
     return _shared
+
+
+def reference_server() -> ForkServer:
+    """Runs each command in a fresh interpreter: for the uninterrupted reference run of a kill test, whose other
+    side (killed and resumed) forks from the pre-imported server - so a result that depends on what that server
+    imported, seeded or set (hash seed, Python's RNG drawn by imports, torch's global flags) shows as a mismatch."""
+    return ForkServer(fresh=True)
 
 
 @dataclass
@@ -161,6 +217,7 @@ class Child:
     pid: int
     log: Path
     rc: int | None = None
+    popen: subprocess.Popen[bytes] | None = None  # a fresh interpreter (ForkServer(fresh=True)); else a fork of the server
 
     def signal(self, sig: int) -> None:
         """Send `sig` to the training process only (as a scheduler or `kill PID` would)."""
@@ -187,13 +244,22 @@ class Child:
                 self.signal(signal.SIGKILL)
 
     def poll(self) -> int | None:
-        if self.rc is None:
+        if self.rc is None and self.popen is not None:
+            self.rc = self.popen.poll()
+        elif self.rc is None:
             ready, _, _ = select.select([self.server.proc.stdout], [], [], 0)
             if ready:
                 self.rc = self.server._read(1)["rc"]
         return self.rc
 
     def wait(self, timeout: float = 120) -> int:
+        if self.rc is None and self.popen is not None:
+            try:
+                self.rc = self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_group()
+                self.rc = self.popen.wait(30)
+                raise TimeoutError(f"taktstock run {self.pid} did not finish within {timeout:.0f}s:\n{self.output()}") from None
         if self.rc is None:
             try:
                 self.rc = self.server._read(timeout)["rc"]
@@ -226,6 +292,42 @@ def checkpoint_write_in_progress(ckpt_dir: Path) -> bool:
     return any(n.endswith(".pt") and n.startswith("step-") and n[:-3] + ".json" not in names for n in names)
 
 
+# What `train --resume` prints (taktstock/training/run.py and checkpoint/checkpointer.py): where it continued, or
+# that it found nothing to continue from.
+RESUMED = re.compile(r"^resuming (?P<root>.+) from (?P<name>\S+) \(step (?P<step>\d+), epoch (?P<epoch>\d+)\)$", re.M)
+NO_CHECKPOINT = re.compile(r"^no valid checkpoint in (?P<dir>.+): starting (?P<root>.+) from the beginning$", re.M)
+
+
+def newest_valid_checkpoint(run_dir: Path) -> CheckpointInfo | None:
+    """The checkpoint `train --resume run_dir` must continue from, as the files are now: taktstock's own listing and
+    hash check (CheckpointManager.latest_valid; its warnings about damaged files are not this process's output)."""
+    from taktstock.checkpoint.manager import CheckpointManager
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return CheckpointManager(Path(run_dir) / "checkpoints").latest_valid()
+
+
+def resume_announced(output: str) -> bool:
+    """The run's output says where it continued (or that it had nothing to continue from)."""
+    return bool(RESUMED.search(output) or NO_CHECKPOINT.search(output))
+
+
+def assert_resumed_from(output: str, expected: CheckpointInfo | None) -> int | None:
+    """The resumed run's output says it continued from `expected` (its file and step), or - only when `expected`
+    is None - that it found no valid checkpoint and started from the beginning. Returns the step (or None)."""
+    resumed, fresh = RESUMED.findall(output), NO_CHECKPOINT.search(output)
+    if expected is None:
+        assert fresh and not resumed, f"no valid checkpoint existed, but the run did not say it started over:\n{output[-3000:]}"
+        return None
+    assert not fresh, f"expected to resume from {expected.path.name} (step {expected.step}), but the run started over:\n{output[-3000:]}"
+    assert len(resumed) == 1, f"expected one 'resuming ... from {expected.path.name}' line:\n{output[-3000:]}"
+    _, name, step, _ = resumed[0]
+    assert (name, int(step)) == (expected.path.name, expected.step), (
+        f"resumed from {name} (step {step}), but the newest valid checkpoint was {expected.path.name} (step {expected.step})"
+    )
+    return expected.step
+
+
 # A train.step_fn that computes exactly the default step, but marks validation with a file (and makes
 # each validation batch take 5 ms) so that kills can be aimed into validation.
 VALIDATION_MARKER_STEP = """
@@ -250,7 +352,8 @@ class KillStats:
     kills: int = 0
     in_write: int = 0
     in_validation: int = 0
-    resumes: int = 0
+    resumes: int = 0  # `train --resume` invocations
+    resumed_from: list[int | None] = field(default_factory=list)  # the step each one continued from (None: started over)
     points: list[str] = field(default_factory=list)
 
 
@@ -283,7 +386,9 @@ def kill_and_resume(
 ) -> KillStats:
     """Train into `run_dir`, SIGKILL it `kills` times at random points, resuming each time; then finish.
 
-    Kill points: after a random number of metrics.jsonl lines (a random point of the run, taken from
+    Each resumed run must announce the newest valid checkpoint at the time of the kill (assert_resumed_from), and
+    no kill lands before it has done so: a kill during interpreter start-up or while loading the checkpoint would
+    test nothing. Kill points: after a random number of metrics.jsonl lines (a random point of the run, taken from
     the uninterrupted run's `total_lines`) plus a random sub-step delay, or - with probability
     `in_write_fraction` - at a random moment within `write_window` seconds after a checkpoint write began,
     or - with probability `in_val_fraction` - during validation, which the run's step function signals
@@ -300,14 +405,24 @@ def kill_and_resume(
         resumable = (run_dir / "config.yaml").exists()
         args = ["train", "--resume", str(run_dir)] if resumable else ["train", str(config), "--run-dir", str(run_dir)]
         stats.resumes += resumable
+        expected = newest_valid_checkpoint(run_dir) if resumable else None
         if val_marker is not None:
             val_marker.unlink(missing_ok=True)
         child = server.start(args, cwd, log_dir / f"{run_dir.name}-{n}.log", env)
+        if resumable:
+            wait_until(lambda: resume_announced(child.output()), child, timeout)
+            try:
+                stats.resumed_from.append(assert_resumed_from(child.output(), expected))
+            except AssertionError:
+                child.kill_group()
+                child.wait(timeout)
+                raise
         if stats.kills >= kills:
             rc = child.wait(timeout)
             if rc != 0:
                 raise AssertionError(f"final resume failed ({rc}):\n{child.output()}")
             return stats
+        # Read after the resume line: by then the run has cut metrics.jsonl back to its checkpoint.
         start_lines = count_lines(metrics) if resumable else 0
         # Spread the remaining kills over the rest of the run (on average), so all of them land before it ends.
         span = max(1, 2 * (total_lines - 1 - start_lines) // (kills - stats.kills + 1))

@@ -4,14 +4,12 @@ updates them here)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import pytest
 
 from taktstock.config.schema import Config
-from taktstock.data.images.prepare import cache_settings
+from taktstock.data.images.prepare import cache_key, cache_settings
 from taktstock.data.prepare import fingerprint
 from taktstock.data.text.prepared import text_fingerprint
 
@@ -21,8 +19,8 @@ def _config(**data: Any) -> Config:
 
 
 def _image_key(config: Config) -> str:
-    # prepare_images hashes the settings with the file index's fingerprint (here a stand-in)
-    return hashlib.sha256(json.dumps({"files": "index", **cache_settings(config)}, sort_keys=True).encode()).hexdigest()[:16]
+    # prepare_images's own key function; the file index's fingerprint is a stand-in
+    return cache_key(cache_settings(config), "index")
 
 
 TOKENIZER = {"train": "bpe", "vocab_size": 100}

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli_env, tiny_config, write_config
-from resume_harness import ForkServer, count_lines, shared_server, wait_until
+from resume_harness import (
+    ForkServer,
+    assert_resumed_from,
+    checkpoint_write_in_progress,
+    count_lines,
+    newest_valid_checkpoint,
+    reference_server,
+    shared_server,
+    wait_until,
+)
 
 from taktstock.checkpoint.manager import CheckpointManager, load_checkpoint, verify
 
@@ -44,15 +53,20 @@ def reference_weights(server: ForkServer, root: Path, config: dict) -> bytes:
     key = json.dumps(config, sort_keys=True)
     if key not in _references:
         cfg = write_config(root / "reference.yaml", config)
-        rc = server.run(["train", str(cfg), "--run-dir", str(root / "reference")], root, root / "reference.log")
+        # A fresh interpreter: the interrupted runs fork from `server`, so a result that depends on its imports would differ.
+        rc = reference_server().run(["train", str(cfg), "--run-dir", str(root / "reference")], root, root / "reference.log")
         assert rc == 0, (root / "reference.log").read_text()
         _references[key] = (root / "reference" / "model.safetensors").read_bytes()
     return _references[key]
 
 
 def resume(server: ForkServer, root: Path, run: Path, *extra: str, env: dict | None = None, name: str = "resume") -> tuple[int, str]:
+    """`train --resume RUN`; when it succeeds, it must have continued from the newest valid checkpoint beforehand."""
     log = root / f"{name}.log"
+    expected = newest_valid_checkpoint(run)
     rc = server.run(["train", "--resume", str(run), *extra], root, log, env)
+    if rc == 0:
+        assert_resumed_from(log.read_text(), expected)
     return rc, log.read_text()
 
 
@@ -193,12 +207,18 @@ def test_second_sigint_exits_at_once_even_inside_a_checkpoint_write(server, tmp_
     child = server.start(["train", str(cfg), "--run-dir", str(run)], tmp_path, tmp_path / "first.log", slow)
     assert wait_until(lambda: any((run / "checkpoints").glob(".tmp-*")), child, 120), child.output()
     child.signal(signal.SIGINT)
-    time.sleep(0.2)
-    sent = time.monotonic()
+    # The second SIGINT once the first is acknowledged, while the write (over 6 s) is still in progress.
+    assert wait_until(lambda: "SIGINT received" in child.output(), child, 60), child.output()
+    manifests = sorted(p.name for p in (run / "checkpoints").glob("*.json"))
+    lines = count_lines(run / "metrics.jsonl")
     child.signal(signal.SIGINT)
     assert child.wait(60) == 130
-    assert time.monotonic() - sent < 2
     assert "second SIGINT: exiting immediately" in child.output()
+    # By ordering, not by the clock: it exited inside that write - which never completed (no new manifest, its
+    # temporary file left behind) - and trained no further step.
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == manifests
+    assert checkpoint_write_in_progress(run / "checkpoints"), "the interrupted write left nothing unfinished: it completed"
+    assert count_lines(run / "metrics.jsonl") == lines
     rc, log = resume(server, tmp_path, run)  # the interrupted write is ignored; training restarts cleanly
     assert rc == 0, log
     assert (run / "model.safetensors").read_bytes() == want

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from taktstock.errors import ConfigError
 from taktstock.evaluation.evaluate import evaluate
 from tests.conftest import cli_env, run_cli, tiny_config, write_config
+from tests.resume_harness import assert_resumed_from, newest_valid_checkpoint
 
 # Computes the reference EMA from the weights after every optimizer step (torch.lerp per tensor, the
 # documented formula ema + (1 - decay) * (w - ema); the first step copies), and SIGKILLs the run once.
@@ -62,7 +63,10 @@ def test_ema_equals_a_hand_computed_reference_and_survives_sigkill_bit_exactly(w
     path = write_config(workdir / "exp.yaml", ema_config())
     env = {"PYTHONPATH": f"{workdir}:{cli_env()['PYTHONPATH']}"}
     whole, killed = workdir / "whole", workdir / "killed_run"
-    run_cli("train", str(path), "--run-dir", str(whole), cwd=workdir, env=cli_env(**env, REFERENCE_OUT="ref_whole.safetensors"), check=True)
+    # The uninterrupted reference in a fresh interpreter (with the test server's one intra-op thread: CPU results
+    # depend on the thread count); the killed and resumed runs below fork from the test server.
+    env_whole = cli_env(**env, REFERENCE_OUT="ref_whole.safetensors", OMP_NUM_THREADS="1")
+    run_cli("train", str(path), "--run-dir", str(whole), cwd=workdir, env=env_whole, check=True, fresh=True)
     ema, reference = load_file(str(whole / "ema.safetensors")), load_file(str(workdir / "ref_whole.safetensors"))
     assert ema.keys() == reference.keys() and "features.1.running_mean" in ema
     for key in ema:
@@ -77,9 +81,14 @@ def test_ema_equals_a_hand_computed_reference_and_survives_sigkill_bit_exactly(w
         env=cli_env(**env, KILL_AT_STEP_5="1", REFERENCE_OUT="unused.safetensors"),
     )  # fmt: skip
     assert proc.returncode in (-9, 137), proc.stderr[-2000:]
-    run_cli("train", "--resume", str(killed), cwd=workdir, env=cli_env(**env, REFERENCE_OUT="ref_killed.safetensors"), check=True)
+    at_kill = newest_valid_checkpoint(killed)
+    assert at_kill is not None and at_kill.step == 4  # killed at step 5, checkpoints every 2 steps
+    resumed = run_cli("train", "--resume", str(killed), cwd=workdir, env=cli_env(**env, REFERENCE_OUT="ref_killed.safetensors"), check=True)
+    assert_resumed_from(resumed.stderr, at_kill)
     for name in ("ema.safetensors", "model.safetensors", "best.safetensors"):
         assert (whole / name).read_bytes() == (killed / name).read_bytes(), name
+    # The hand-computed EMA of the killed run (its callback state restored from the checkpoint) is the whole run's.
+    assert (workdir / "ref_killed.safetensors").read_bytes() == (workdir / "ref_whole.safetensors").read_bytes()
 
     ema_eval = run_cli("evaluate", str(whole), "--weights", "raw", cwd=workdir, check=True)  # the CLI option, once
     assert "test/acc" in ema_eval.stdout

@@ -14,7 +14,8 @@ from taktstock.config import load_config
 from taktstock.errors import ConfigError
 from taktstock.models.finetune import freeze, unfreeze
 from taktstock.training.param_groups import build_param_groups, layer_ids
-from tests.conftest import run_cli, tiny_config, write_config
+from tests.conftest import cli_env, run_cli, tiny_config, write_config
+from tests.resume_harness import assert_resumed_from, newest_valid_checkpoint
 
 
 def cnn_config(**train) -> dict:
@@ -63,11 +64,17 @@ def test_unfreeze_at_epoch_resumes_bit_identical(workdir: Path) -> None:
     config = cnn_config(epochs=2)
     config["model"] |= {"freeze": ["features.0.*"], "unfreeze_at_epoch": 1}
     full, split = workdir / "full", workdir / "split"
-    run_cli("train", str(write_config(workdir / "a.yaml", config)), "--run-dir", str(full), cwd=workdir, check=True)
+    # The uninterrupted reference in a fresh interpreter (with the test server's one intra-op thread: CPU results
+    # depend on the thread count); the split run and its resume fork from the test server.
+    a = str(write_config(workdir / "a.yaml", config))
+    run_cli("train", a, "--run-dir", str(full), cwd=workdir, check=True, fresh=True, env=cli_env(OMP_NUM_THREADS="1"))
     one = config | {"train": config["train"] | {"epochs": 1}}
     run_cli("train", str(write_config(workdir / "b.yaml", one)), "--run-dir", str(split), cwd=workdir, check=True)
     epoch0 = load_file(str(split / "model.safetensors"))
-    run_cli("train", "--resume", str(split), "train.epochs=2", cwd=workdir, check=True)
+    last = newest_valid_checkpoint(split)
+    assert last is not None and last.step == json.loads((split / "run.json").read_text())["steps"]  # the end of epoch 0
+    resumed = run_cli("train", "--resume", str(split), "train.epochs=2", cwd=workdir, check=True)
+    assert_resumed_from(resumed.stderr, last)
     assert (full / "model.safetensors").read_bytes() == (split / "model.safetensors").read_bytes()
     final = load_file(str(full / "model.safetensors"))
     assert not torch.equal(epoch0["features.0.weight"], final["features.0.weight"])  # trained in epoch 1

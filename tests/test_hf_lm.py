@@ -3,7 +3,8 @@ and `hf:<dir>` (a save_pretrained model with its own tokenizer) train, validate 
 generate and resume bit-identically after SIGKILL, all through the CLI.
 
 The runs share one corpus (12 of Python's own stdlib modules) and its prepared cache; they go through the
-resume harness's fork server, so a run pays for its transformers import only.
+resume harness's fork server, so a run pays for its transformers import only (the SIGKILL test's reference run
+starts a fresh interpreter, see tests/resume_harness.py).
 """
 
 from __future__ import annotations

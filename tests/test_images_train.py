@@ -12,13 +12,13 @@ import json
 import os
 import random
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO, cli_env, run_cli, tiny_config, write_config
-from resume_harness import ForkServer, count_lines, kill_and_resume, shared_server
+from rank_keys import CALLBACK, assert_ranks_split, checkpoint_world_size, install
+from resume_harness import ForkServer, count_lines, kill_and_resume, reference_server, shared_server
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -28,31 +28,6 @@ from make_digit_images import write_digits
 # in torchvision's ImageFolder order (sorted folder names).
 NAMES = sorted(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
 N_TRAIN = 84  # 120 images, 15 % val and 15 % test held out
-
-# Test-only callback: every rank records the training keys it decoded, so the DDP test can show that
-# each rank reads only its own share (num_workers 0 keeps the decoding in the rank's process).
-HELPERS = textwrap.dedent(
-    """
-    import json, os
-    from taktstock.data.images.dataset import ImageSplitDataset
-
-    SEEN = []
-    _getitem = ImageSplitDataset.__getitem__
-
-    def _recording(self, key):
-        if isinstance(key, tuple) and self.split == "train":
-            SEEN.append(list(key))
-        return _getitem(self, key)
-
-    ImageSplitDataset.__getitem__ = _recording
-
-    class DumpKeys:
-        def on_train_end(self, trainer):
-            path = os.path.join(os.environ["DUMP_DIR"], f"keys{os.environ.get('RANK', '0')}.json")
-            with open(path, "w") as f:
-                json.dump(SEEN, f)
-    """
-)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +79,9 @@ def cli(root: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference run: one process, 2 DataLoader workers, random train transforms."""
-    return train(shared_server(), tmp_path_factory.mktemp("runs"), image_config(folder, 2), "two")
+    """The reference run: one process, 2 DataLoader workers, random train transforms; in a fresh interpreter (the
+    SIGKILL test's runs fork from the pre-imported server)."""
+    return train(reference_server(), tmp_path_factory.mktemp("runs"), image_config(folder, 2), "two")
 
 
 def test_image_folder_trains_identically_with_0_and_2_workers_and_resumes_after_sigkill(
@@ -120,6 +96,7 @@ def test_image_folder_trains_identically_with_0_and_2_workers_and_resumes_after_
         server, tmp_path, cfg, run, kills=2, rng=random.Random(4), total_lines=count_lines(trained / "metrics.jsonl"), timeout=300
     )
     assert stats.kills == 2, stats.points
+    assert any(stats.resumed_from), stats.resumed_from  # (each resume's step is checked by the harness)
     assert (run / "model.safetensors").read_bytes() == (trained / "model.safetensors").read_bytes()
     assert (run / "metrics.jsonl").read_bytes() == (trained / "metrics.jsonl").read_bytes()
 
@@ -160,11 +137,10 @@ def test_export_torchscript_of_an_image_run_matches_predict(folder: Path, traine
 
 
 def test_two_process_ddp_matches_one_process_and_each_rank_decodes_its_share(folder: Path, trained: Path, tmp_path: Path) -> None:
-    helpers = tmp_path / "helpers"
-    helpers.mkdir()
-    (helpers / "image_helpers.py").write_text(HELPERS)
+    # Every rank records the training keys it decoded (num_workers 0 keeps the decoding in the rank's process).
+    helpers = install(tmp_path / "helpers", "taktstock.data.images.dataset:ImageSplitDataset")
     config = image_config(folder, 0)
-    config["train"] = {**config["train"], "callbacks": ["image_helpers:DumpKeys"]}
+    config["train"] = {**config["train"], "callbacks": [CALLBACK]}
     dump = tmp_path / "dump"
     dump.mkdir()
     env = cli_env(OMP_NUM_THREADS="1", DUMP_DIR=str(dump))
@@ -176,6 +152,6 @@ def test_two_process_ddp_matches_one_process_and_each_rank_decodes_its_share(fol
     double = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     assert single.keys() == double.keys()
     assert max(float((single[k] - double[k]).abs().max()) for k in single) <= 1e-5
-    rank0, rank1 = ({tuple(k) for k in json.loads((dump / f"keys{r}.json").read_text())} for r in (0, 1))
-    assert not rank0 & rank1  # no image decoded by both ranks
-    assert rank0 | rank1 == {(epoch, i) for epoch in range(3) for i in range(N_TRAIN)}  # and every image of every epoch by one
+    assert checkpoint_world_size(tmp_path / "ddp") == 2
+    # No image decoded by both ranks, and every image of every epoch by one.
+    assert_ranks_split(dump, 2, {(epoch, i) for epoch in range(3) for i in range(N_TRAIN)})

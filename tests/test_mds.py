@@ -18,11 +18,19 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import cli_env, tiny_config, write_config
+from tests.conftest import cli_env, require, tiny_config, write_config
 from tests.moto_server import moto_s3
-from tests.resume_harness import ForkServer, count_lines, shared_server, wait_until
+from tests.resume_harness import (
+    ForkServer,
+    assert_resumed_from,
+    count_lines,
+    newest_valid_checkpoint,
+    reference_server,
+    shared_server,
+    wait_until,
+)
 
-pytest.importorskip("streaming")
+require("streaming")
 
 BUCKET, PREFIX = "shards", "digits"
 # Small shards: the digits splits span many of them, so random access really crosses shard boundaries.
@@ -30,15 +38,16 @@ SHARD_SIZE = "16kb"
 RUN = {"epochs": 2, "batch_size": 64, "log_every_n_steps": 5}
 
 
-def _cli(root: Path, log: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """`taktstock ARGS` in a fork of the pre-imported test server (a fresh interpreter per command costs seconds)."""
-    rc = shared_server().run(list(args), root, root / f"{log}.log", env, timeout=300)
+def _cli(root: Path, log: str, *args: str, env: dict[str, str] | None = None, fresh: bool = False) -> tuple[int, str]:
+    """`taktstock ARGS` in a fork of the pre-imported test server (a fresh interpreter per command costs seconds);
+    `fresh`: in a new interpreter (the reference run of a SIGKILL test)."""
+    rc = (reference_server() if fresh else shared_server()).run(list(args), root, root / f"{log}.log", env, timeout=300)
     return rc, (root / f"{log}.log").read_text()
 
 
-def _train(root: Path, name: str, config: dict[str, Any], env: dict[str, str] | None = None) -> Path:
+def _train(root: Path, name: str, config: dict[str, Any], env: dict[str, str] | None = None, fresh: bool = False) -> Path:
     cfg = write_config(root / f"{name}.yaml", config)
-    rc, out = _cli(root, name, "train", str(cfg), "--run-dir", str(root / name), env=env)
+    rc, out = _cli(root, name, "train", str(cfg), "--run-dir", str(root / name), env=env, fresh=fresh)
     assert rc == 0, out
     return root / name
 
@@ -92,7 +101,7 @@ def test_mds_path_without_an_index_is_a_config_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def s3(digits: dict[str, Path]) -> Iterator[dict[str, Any]]:
     """A moto S3 server on 127.0.0.1 holding the digits shards under s3://shards/digits/; its log lists requests."""
-    pytest.importorskip("moto")
+    require("moto")
     log = digits["root"] / "moto.log"
     with moto_s3(log) as server:
         client = server["client"]
@@ -122,7 +131,7 @@ def test_remote_shards_cold_cache_then_sigkill_and_resume_is_bit_identical_witho
     cold = root / "cache_cold"
     reference_config = _mds_config(path=str(cold), remote=s3["remote"])
     reference_config["train"] = RUN | {"log_every_n_steps": 1}  # as in the killed run: metrics.jsonl compares line by line
-    reference = _train(root, "remote_run", reference_config, env)
+    reference = _train(root, "remote_run", reference_config, env, fresh=True)  # the SIGKILL run below forks
     assert (reference / "model.safetensors").read_bytes() == (digits["source_run"] / "model.safetensors").read_bytes()
     gets = _gets(s3["log"])
     assert {k for k in gets if k.startswith("train/shard.")} == {f"train/shard.{i:05d}.mds" for i in range(n_train_shards)}
@@ -144,8 +153,11 @@ def test_remote_shards_cold_cache_then_sigkill_and_resume_is_bit_identical_witho
     fetched = _gets(s3["log"]) - before
     assert max(fetched.values()) == 1, fetched  # the two workers never downloaded a shard twice
 
+    at_kill = newest_valid_checkpoint(run)
+    assert at_kill is not None and at_kill.step >= 12, at_kill  # checkpoints every 3 steps, killed after step 15
     rc = shared_server().run(["train", "--resume", str(run)], root, root / "killed-2.log", env, timeout=300)
     assert rc == 0, (root / "killed-2.log").read_text()
+    assert_resumed_from((root / "killed-2.log").read_text(), at_kill)
     for name in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     after = _cached(cache)

@@ -9,6 +9,7 @@ after it, measured under the cache lock) shows the limit held at every point the
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,12 @@ import pytest
 import torch
 
 from taktstock.data.mds.cache import LOG_ENV, cache_bytes
-from tests import test_mds
-from tests.conftest import tiny_config, write_config
-from tests.resume_harness import ForkServer, count_lines, shared_server, wait_until
+from tests import rank_keys, test_mds
+from tests.conftest import require, tiny_config, write_config
+from tests.resume_harness import ForkServer, assert_resumed_from, count_lines, newest_valid_checkpoint, shared_server, wait_until
 from tests.test_mds import RUN, SHARD_SIZE, _cli, _train
 
-pytest.importorskip("streaming")
+require("streaming")
 
 s3 = test_mds.s3  # the moto S3 server fixture, serving this module's shards (its `digits` is the one below)
 BLOCK = 2  # shards per block: digits' ~21 training shards of 16 kB make ~11 blocks
@@ -105,7 +106,7 @@ def _log(path: Path) -> list[dict[str, Any]]:
 
 def test_cache_limit_evicts_within_the_limit_and_trains_bit_identically(digits: dict[str, Path], s3: dict[str, Any]) -> None:
     root = digits["root"]
-    unlimited = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"])
+    unlimited = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"], fresh=True)
     limit = _minimum(digits["shards"], s3["remote"])
     log = root / "limited.cache.jsonl"
     cache = root / "cache_limited"
@@ -125,7 +126,7 @@ def test_cache_limit_sigkill_and_resume_with_workers_is_bit_identical(digits: di
     root = digits["root"]
     reference = root / "unlimited"
     if not (reference / "model.safetensors").is_file():
-        reference = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"])
+        reference = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"], fresh=True)
     limit = _minimum(digits["shards"], s3["remote"]) + 2 * 16_000  # two workers may straddle a block boundary: one shard of room each
     log, cache, run = root / "killed.cache.jsonl", root / "cache_killed", root / "killed"
     env = s3["env"] | {LOG_ENV: str(log)}
@@ -135,8 +136,11 @@ def test_cache_limit_sigkill_and_resume_with_workers_is_bit_identical(digits: di
     assert wait_until(lambda: count_lines(run / "metrics.jsonl") >= 14, child, 300), child.output()  # mid-epoch 1 (10 steps each)
     child.kill_group()
     assert child.wait(60) == -signal.SIGKILL, child.output()
+    at_kill = newest_valid_checkpoint(run)
+    assert at_kill is not None and at_kill.step >= 9, at_kill  # checkpoints every 3 steps, killed after step 14
     rc = shared_server().run(["train", "--resume", str(run)], root, root / "killed-2.log", env, timeout=300)
     assert rc == 0, (root / "killed-2.log").read_text()
+    assert_resumed_from((root / "killed-2.log").read_text(), at_kill)
     for name in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     events = _log(log)
@@ -151,7 +155,7 @@ def test_two_concurrent_limited_runs_share_one_cache(digits: dict[str, Path], s3
     root = digits["root"]
     reference = root / "unlimited"
     if not (reference / "model.safetensors").is_file():
-        reference = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"])
+        reference = _train(root, "unlimited", _config(path=str(root / "cache_unlimited"), remote=s3["remote"]), s3["env"], fresh=True)
     limit = 2 * _minimum(digits["shards"], s3["remote"])  # each run holds its own two blocks
     assert cache_bytes(root / "cache_unlimited") > limit  # the data set does not fit the limit (each run has half of it)
     log, cache = root / "concurrent.cache.jsonl", root / "cache_concurrent"
@@ -222,17 +226,27 @@ def test_eviction_is_lru_skips_held_and_window_shards_and_removes_dead_downloads
 
 def test_two_ranks_share_one_limited_cache_and_train_as_with_an_unlimited_one(digits: dict[str, Path], s3: dict[str, Any]) -> None:
     """`--nproc-per-node 2` on one limited cache: both ranks download and evict in the same folder, each reading its
-    own slice of every block; the limit holds throughout and the run is the unlimited two-process run bit for bit."""
+    own slice of every block; the limit holds throughout and the run is the unlimited two-process run bit for bit.
+    Both runs really had two ranks (world size 2 in the checkpoint) that read disjoint halves of every epoch."""
     root = digits["root"]
     limit = 2 * _minimum(digits["shards"], s3["remote"])  # each rank holds its own window of two blocks
     log, cache, unlimited = root / "ddp.cache.jsonl", root / "cache_ddp", root / "cache_ddp_unlimited"
+    helpers = rank_keys.install(root / "ddp_helpers", "taktstock.data.mds.dataset:ShardSplit")
     for name, data, env in (
         ("ddp_unlimited", {"path": str(unlimited)}, s3["env"]),
         ("ddp_limited", {"path": str(cache), "cache_limit": limit}, s3["env"] | {LOG_ENV: str(log)}),
     ):
-        cfg = write_config(root / f"{name}.yaml", _config(remote=s3["remote"], **data))
+        config = _config(remote=s3["remote"], **data)
+        config["train"]["callbacks"] = [rank_keys.CALLBACK]
+        (root / f"{name}_keys").mkdir()
+        env = env | {"DUMP_DIR": str(root / f"{name}_keys"), "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + str(helpers)}
+        cfg = write_config(root / f"{name}.yaml", config)
         rc, out = test_mds._cli(root, name, "train", str(cfg), "--run-dir", str(root / name), "--nproc-per-node", "2", env=env)
         assert rc == 0, out
+    n_train = json.loads((digits["shards"] / "taktstock.json").read_text())["sizes"]["train"]
+    for name in ("ddp_unlimited", "ddp_limited"):
+        assert rank_keys.checkpoint_world_size(root / name) == 2, name
+        rank_keys.assert_ranks_split(root / f"{name}_keys", 2, {(epoch, i) for epoch in range(RUN["epochs"]) for i in range(n_train)})
     for file in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
         assert (root / "ddp_limited" / file).read_bytes() == (root / "ddp_unlimited" / file).read_bytes(), file
     events = _log(log)

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import cli_env, tiny_config, write_config
+from tests.conftest import cli_env, require, tiny_config, write_config
 from tests.moto_server import moto_s3
 from tests.resume_harness import shared_server, wait_until
 
-pytest.importorskip("moto")
-pytest.importorskip("s3fs")
+require("moto")
+require("s3fs")
 
 BUCKET = "runs"
 # 20 steps per epoch; checkpoints every 3 steps, the 2 newest kept (locally and remotely).

@@ -152,8 +152,12 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = cli_env(OMP_NUM_THREADS="1", HOME=str(home))
     shared = repo / "experiments" / "runs" / "shared"
-    first = [sys.executable, "-m", "taktstock", "train", "config.yaml", "train.epochs=1", "--run-dir", str(shared)]
-    subprocess.run(first, cwd=repo, env=env, check=True, capture_output=True, timeout=300)
+    # Once through the installed console script (pyproject's [project.scripts]), as a user types `taktstock`.
+    script = Path(sys.executable).parent / "taktstock"
+    assert script.is_file(), f"the console script is not installed next to {sys.executable} (pip install -e .)"
+    first = [str(script), "train", "config.yaml", "train.epochs=1", "--run-dir", str(shared)]
+    proc = subprocess.run(first, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and (shared / "model.safetensors").is_file(), proc.stdout + proc.stderr
 
     failures, ran, skipped = [], [], []
     for line in readme_lines():

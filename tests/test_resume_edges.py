@@ -32,18 +32,29 @@ def test_metrics_log_shorter_than_the_checkpoint_offset_is_never_padded(tmp_path
     assert "shorter than at the checkpoint" in capsys.readouterr().err
 
 
-def test_resume_without_a_valid_checkpoint_starts_clean_and_matches_a_fresh_run(workdir: Path) -> None:
+def test_resume_without_a_valid_checkpoint_starts_clean_and_matches_a_fresh_run(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from taktstock.training.run import train
 
     raw = tiny_config(logging={"tensorboard": True, "plots": False})
     config = validate(raw, {}, "<test>")
     train(config, run_dir=workdir / "fresh")
-    train(config, run_dir=workdir / "run")
-    # Every checkpoint is gone (e.g. the run was killed before its first one was complete).
+    # The run directory of an attempt killed before its first checkpoint was complete: no checkpoint, the
+    # metrics it logged past it (different from the fresh run's), final weights of an earlier attempt with
+    # another seed, and that attempt's TensorBoard events.
+    train(validate(raw | {"seed": 2}, {}, "<test>"), run_dir=workdir / "run")
     shutil.rmtree(workdir / "run" / "checkpoints")
     (workdir / "run" / "checkpoints").mkdir()
+    stale = {name: (workdir / "run" / name).read_bytes() for name in ("model.safetensors", "metrics.jsonl")}
+    for name, data in stale.items():  # what the comparison below must not find any more
+        assert data != (workdir / "fresh" / name).read_bytes(), name
+    (workdir / "run" / "config.yaml").write_text((workdir / "fresh" / "config.yaml").read_text())  # the killed run's config
     events_before = sorted((workdir / "run").glob("events.out.tfevents.*"))
+    capsys.readouterr()
     train(resume=workdir / "run")
+    assert (
+        f"no valid checkpoint in {workdir / 'run' / 'checkpoints'}: starting {workdir / 'run'} from the beginning"
+        in capsys.readouterr().err
+    )
     assert (workdir / "run" / "model.safetensors").read_bytes() == (workdir / "fresh" / "model.safetensors").read_bytes()
     assert (workdir / "run" / "metrics.jsonl").read_bytes() == (workdir / "fresh" / "metrics.jsonl").read_bytes()
     # The earlier attempt's event files are gone: TensorBoard shows one curve, not two.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_config, write_config
-from resume_harness import VALIDATION_MARKER_STEP, ForkServer, count_lines, kill_and_resume, shared_server
+from resume_harness import VALIDATION_MARKER_STEP, ForkServer, count_lines, kill_and_resume, reference_server, shared_server
 
 
 @pytest.fixture
@@ -43,7 +43,8 @@ def reference_run(server: ForkServer, root: Path, config: dict) -> tuple[Path, P
     root.mkdir(parents=True, exist_ok=True)
     cfg = write_config(root / "config.yaml", config)
     ref = root / "reference"
-    rc = server.run(["train", str(cfg), "--run-dir", str(ref)], root, root / "reference.log")
+    # A fresh interpreter: the killed runs fork from `server`, so a result that depends on its imports would differ.
+    rc = reference_server().run(["train", str(cfg), "--run-dir", str(ref)], root, root / "reference.log")
     assert rc == 0, (root / "reference.log").read_text()
     return cfg, ref
 
@@ -63,6 +64,7 @@ def test_sigkill_at_random_points_resumes_bit_identical_in_memory_batches(server
     run = tmp_path / "killed"
     stats = kill_and_resume(server, tmp_path, cfg, run, kills=8, rng=random.Random(11), total_lines=count_lines(ref / "metrics.jsonl"))
     assert stats.kills == 8, stats.points
+    assert any(stats.resumed_from), stats.resumed_from  # (each resume's step is checked by the harness)
     assert_same_run(run, ref)
     assert_continuous_tensorboard(run, ref)
 
@@ -72,6 +74,7 @@ def test_sigkill_at_random_points_resumes_bit_identical_with_dataloader_workers(
     run = tmp_path / "killed"
     stats = kill_and_resume(server, tmp_path, cfg, run, kills=6, rng=random.Random(12), total_lines=count_lines(ref / "metrics.jsonl"))
     assert stats.kills == 6, stats.points
+    assert any(stats.resumed_from), stats.resumed_from
     assert_same_run(run, ref)
 
 
@@ -99,6 +102,7 @@ def test_sigkill_inside_checkpoint_writes_and_validation_resumes_bit_identical(s
     )
     assert stats.kills == 8, stats.points
     assert stats.in_write >= 2 and stats.in_validation >= 2, stats.points
+    assert any(stats.resumed_from), stats.resumed_from
     assert_same_run(run, ref)
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-")], "stale temporary files left"
 

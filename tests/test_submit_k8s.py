@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.conftest import cli_env, run_cli, tiny_config, write_config
+from tests.conftest import cli_env, require, run_cli, tiny_config, write_config
 from tests.moto_server import moto_s3
 
-kubeflow = pytest.importorskip("kubeflow.training")
+kubeflow = require("kubeflow.training")
 
 URL = "s3://runs/exp/k8s"
 
@@ -107,7 +106,7 @@ def test_a_local_run_dir_a_bad_option_and_apply_without_kubectl_are_exit_2(tmp_p
 
 def test_the_pod_command_trains_into_the_bucket(tmp_path: Path) -> None:
     """A 1-pod CPU job's command, run as the pod would (config at the mount, the operator's WORLD_SIZE/RANK set)."""
-    pytest.importorskip("s3fs")
+    require("s3fs")
     write_config(tmp_path / "config.yaml", tiny_config(train={"epochs": 1, "batch_size": 128, "log_every_n_steps": 5}))
     config_map, job = _manifest(tmp_path, "--image", "img", "--run-dir", URL)
     mount = tmp_path / "etc-taktstock"

@@ -25,12 +25,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ["barbera", "barolo", "grignolino"]
 
 
-def cli(workdir: Path, *args: str, name: str = "cli") -> tuple[int, str]:
-    """`taktstock ARGS` as a real process, forked from the pre-imported server of tests/resume_harness.py (seconds faster)."""
-    from resume_harness import shared_server
+def cli(workdir: Path, *args: str, name: str = "cli", fresh: bool = False) -> tuple[int, str]:
+    """`taktstock ARGS` as a real process, forked from the pre-imported server of tests/resume_harness.py (seconds
+    faster), or with `fresh` started as a new interpreter (the reference run the SIGKILL test compares with)."""
+    from resume_harness import reference_server, shared_server
 
     log = workdir / f"{name}.log"
-    rc = shared_server().run(list(args), workdir, log, env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    server = reference_server() if fresh else shared_server()
+    rc = server.run(list(args), workdir, log, env={"OMP_NUM_THREADS": "1"}, timeout=300)
     return rc, log.read_text()
 
 
@@ -250,7 +252,7 @@ def table_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     frame.loc[frame.index[test_rows[0]], "alcohol"] = "very high"
     write_table(frame, root / name)
     cfg = write_config(root / "wine.yaml", experiment)
-    rc, log = cli(root, "train", str(cfg), "--run-dir", "run", name="train")
+    rc, log = cli(root, "train", str(cfg), "--run-dir", "run", name="train", fresh=True)
     assert rc == 0, log
     return TableRun(root, encoding, frame, test_rows, cfg)
 
@@ -363,6 +365,7 @@ def test_sigkill_and_resume_on_a_table_is_bit_identical_for_both_encodings(table
         shared_server(), root, table_run.cfg, root / "killed", kills=3, rng=random.Random(5), total_lines=count_lines(ref / "metrics.jsonl")
     )
     assert stats.kills == 3, stats.points
+    assert any(stats.resumed_from), stats.resumed_from  # (each resume's step is checked by the harness)
     for name in ("model.safetensors", "best.safetensors", "metrics.jsonl"):
         assert (root / "killed" / name).read_bytes() == (ref / name).read_bytes(), name
 

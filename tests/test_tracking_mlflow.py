@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import cli_env, run_cli, tiny_config, write_config
+from conftest import cli_env, require, run_cli, tiny_config, write_config
 
 from taktstock.tracking.jsonl import read_metrics
 from taktstock.utils.dicts import flatten_dict
 
-pytest.importorskip("mlflow")
+require("mlflow")
 
 
 def _free_port() -> int:

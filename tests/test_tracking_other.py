@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, run_cli, tiny_config, write_config
+from conftest import REPO, cli_env, require, run_cli, tiny_config, write_config
 
 from taktstock.tracking.jsonl import read_metrics
 
@@ -45,8 +45,8 @@ def _wandb_history(offline_dir: Path) -> list[dict]:
 
 
 def test_resume_after_sigkill_continues_the_same_mlflow_wandb_and_tensorboard_runs(workdir: Path) -> None:
-    pytest.importorskip("mlflow")
-    pytest.importorskip("wandb")
+    require("mlflow")
+    require("wandb")
     from mlflow.tracking import MlflowClient
 
     (workdir / "killer.py").write_text(KILL_CALLBACK)
@@ -100,7 +100,7 @@ def test_resume_after_sigkill_continues_the_same_mlflow_wandb_and_tensorboard_ru
 
 
 def test_wandb_offline_run_and_tensorboard_histograms_hold_the_logged_metrics(workdir: Path) -> None:
-    pytest.importorskip("wandb")
+    require("wandb")
     cfg = tiny_config(
         logging={"tensorboard": True, "histogram_every_n_steps": 4, "plots": False, "wandb": {"enabled": True, "mode": "auto"}},
         train={"epochs": 1, "max_steps": 12, "log_every_n_steps": 3},

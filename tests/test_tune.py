@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, cli_env, run_cli, tiny_config, write_config
+from tests.conftest import REPO, cli_env, run_cli, skip_unless_ci, tiny_config, write_config
 
 SPACE = {
     "optim.lr": {"type": "float", "low": 1.0e-5, "high": 0.1, "log": True},
@@ -99,12 +100,18 @@ def test_killed_study_resumes_with_the_remaining_trials_and_no_duplicate_numbers
     assert "nothing to run" in again.stdout and len(read_trials(workdir / "sweep")) == 5
 
 
+# taktstock.tuning.optuna_backend.trial_line, as a worker prints it for each trial it finished.
+TRIAL_LINE = re.compile(r"^trial (\d+) (?:COMPLETE|PRUNED)\b", re.M)
+
+
 def _check_two_worker_sweep(sweep: Path, trials: int) -> None:
     rows = read_trials(sweep)
     assert sorted(int(r["number"]) for r in rows) == list(range(trials))
     assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
-    for i in (0, 1):  # both worker processes ran trials
-        assert "trial " in (sweep / "logs" / f"worker-{i}.log").read_text()
+    # Both worker processes ran trials, each its own: the report line a worker prints on stdout for every trial it
+    # finished (the log also holds its stderr, whose warnings could mention a "trial " too).
+    ran = [{int(n) for n in TRIAL_LINE.findall((sweep / "logs" / f"worker-{i}.log").read_text())} for i in (0, 1)]
+    assert ran[0] and ran[1] and not ran[0] & ran[1] and ran[0] | ran[1] == set(range(trials)), ran
     assert (sweep / "best.yaml").exists()
 
 
@@ -117,7 +124,7 @@ def test_two_workers_share_the_embedded_storage(workdir: Path) -> None:
 @pytest.fixture
 def postgres_url() -> str:
     if not glob.glob("/usr/lib/postgresql/*/bin/initdb") and not os.environ.get("PG_BIN"):
-        pytest.skip("PostgreSQL binaries not installed (apt-get install postgresql; .ci/run installs them)")
+        skip_unless_ci("PostgreSQL binaries not installed (apt-get install postgresql; .ci/run installs them)")
     out = subprocess.run(["bash", str(REPO / "scripts" / "pg_start.sh")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     env = dict(line.split("=", 1) for line in out.stdout.strip().splitlines() if "=" in line)
@@ -302,5 +309,11 @@ def test_mlflow_sweep_has_one_parent_run_and_trials_point_to_it(workdir: Path) -
     assert parent.data.tags["best_trial"] == best["number"]
     for r in rows:  # every trial is told to log as a child of the sweep's run
         assert yaml.safe_load(Path(r["run_dir"], "config.yaml").read_text())["logging"]["mlflow"]["parent_run_id"] == parent_id
+    # ... and MLflow shows them so: one run per trial, each nested under the sweep's run by MLflow's own tag.
+    experiment = client.get_experiment_by_name("sweeps")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != parent_id]
+    assert len(children) == len(rows) and all(r.data.tags.get("mlflow.parentRunId") == parent_id for r in children), [
+        r.data.tags for r in children
+    ]
     assert yaml.safe_load((workdir / "sweep" / "best.yaml").read_text())["logging"]["mlflow"]["parent_run_id"] is None
     assert {a.path for a in client.list_artifacts(parent_id)} >= {"trials.csv", "best.yaml"}

@@ -107,12 +107,17 @@ def cache_settings(config: Config) -> dict[str, Any]:
     }
 
 
+def cache_key(settings: dict[str, Any], files_fingerprint: str) -> str:
+    """The prepared cache's key: the file index's fingerprint with the cache settings (tests pin its values)."""
+    return hashlib.sha256(json.dumps({"files": files_fingerprint, **settings}, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def prepare_images(config: Config, verbose: bool = False) -> PreparedImages:
     """The prepared image dataset, built only when the fingerprint (files, sizes, mtimes, settings) is new."""
     check_transforms(config)
     index = build_index(config)
     settings = cache_settings(config)
-    fp = hashlib.sha256(json.dumps({"files": index.fingerprint, **settings}, sort_keys=True).encode()).hexdigest()[:16]
+    fp = cache_key(settings, index.fingerprint)
     path = Path(config.data.cache_dir) / f"{config.data.source}-{fp}"
     if not (path / "meta.json").is_file():
         if verbose:
