@@ -264,10 +264,9 @@ def test_dict_items_are_stacked_field_by_field_as_default_collate_would(usercode
 @pytest.mark.parametrize("source", ["AllGenerators", "RandomListOfItems"])
 def test_random_user_dataset_with_2_workers_resumes_bit_identically_after_sigkill(usercode: Path, source: str) -> None:
     """Per-item `__getitem__` and a `__getitems__` batch, both drawing from all three generators."""
-    import re
     import signal
 
-    from tests.resume_harness import shared_server, wait_until
+    from tests.resume_harness import assert_resumed_from, newest_valid_checkpoint, reference_server, shared_server, wait_until
 
     raw = tiny_config(
         data={"source": f"readcode.code:{source}", "kwargs": {"n": 400}, "num_workers": 2, "normalize": "none", "stratify": False},
@@ -278,19 +277,26 @@ def test_random_user_dataset_with_2_workers_resumes_bit_identically_after_sigkil
     )
     raw["model"] = {"name": raw["model"]}
     write_config(usercode / "exp.yaml", raw)
+    ref = reference_server()  # a fresh interpreter: the killed side forks from the pre-imported server
+    try:
+        assert ref.run(["train", "exp.yaml", "--run-dir", "ref"], usercode, usercode / "ref.log", timeout=300) == 0, (
+            usercode / "ref.log"
+        ).read_text()
+    finally:
+        ref.close()
     server = shared_server()
-    assert server.run(["train", "exp.yaml", "--run-dir", "ref"], usercode, usercode / "ref.log", timeout=300) == 0
     child = server.start(["train", "exp.yaml", "--run-dir", "run"], usercode, usercode / "killed.log")
     ckpts = usercode / "run" / "checkpoints"
-    # Kill in the second epoch, after at least two periodic checkpoints (a later one to resume from).
+    # Kill in the second epoch, after at least three periodic checkpoints (a later one to resume from).
     assert wait_until(lambda: len(list(ckpts.glob("step-*.json"))) >= 3, child, 200), child.output()
     child.kill_group()
     assert child.wait(60) == -signal.SIGKILL
-    newest = max(int(re.search(r"step-0*(\d+)", p.name).group(1)) for p in ckpts.glob("step-*.json"))
-    resumed = server.start(["train", "--resume", "run"], usercode, usercode / "resumed.log")
+    at_kill = newest_valid_checkpoint(usercode / "run")
+    assert at_kill is not None
+    # The same command again (as a scheduler relaunches it) continues the run from the newest checkpoint.
+    resumed = server.start(["train", "exp.yaml", "--run-dir", "run"], usercode, usercode / "resumed.log")
     assert resumed.wait(300) == 0, resumed.output()
-    match = re.search(r"resuming .* \(step (\d+),", resumed.output())
-    assert match and int(match.group(1)) == newest, resumed.output()  # continued from the newest checkpoint
+    assert_resumed_from(resumed.output(), at_kill)
     assert (usercode / "run" / "model.safetensors").read_bytes() == (usercode / "ref" / "model.safetensors").read_bytes()
     assert (usercode / "run" / "metrics.jsonl").read_bytes() == (usercode / "ref" / "metrics.jsonl").read_bytes()
 
