@@ -307,3 +307,13 @@ def test_a_batched_user_dataset_trains_through_the_cli(usercode: Path) -> None:
     write_config(usercode / "exp.yaml", raw)
     run_cli("train", "exp.yaml", "--run-dir", "run", "--evaluate", cwd=usercode, check=True)
     assert (usercode / "run" / "eval" / "metrics.json").is_file()
+
+
+def test_per_batch_seeds_equal_the_per_sample_seeds() -> None:
+    from taktstock.data.dataset import EVAL_STREAM, TRAIN_STREAM, sample_seed, sample_seeds
+
+    rng = np.random.default_rng(0)
+    for seed, epoch in ((0, 0), (1, 3), (2**40 + 7, 999), (2**63 + 5, 2**33)):
+        idx = rng.integers(0, 2**40, 64)
+        for stream in (TRAIN_STREAM, EVAL_STREAM):
+            assert sample_seeds(seed, epoch, idx, stream) == [sample_seed(seed, epoch, int(i), stream) for i in idx]

@@ -58,6 +58,19 @@ def sample_seed(seed: int, epoch: int, index: int, stream: int = TRAIN_STREAM) -
     return (_mix(_mix(_mix(_mix(seed & _MASK) ^ (epoch & _MASK)) ^ stream) ^ (index & _MASK)) >> 1) or 1
 
 
+def sample_seeds(seed: int, epoch: int, indices: np.ndarray, stream: int = TRAIN_STREAM) -> list[int]:
+    """`sample_seed` of many indices at once (numpy uint64 arithmetic: one call per batch, not per sample)."""
+    key = _mix(_mix(_mix(seed & _MASK) ^ (epoch & _MASK)) ^ stream)
+    with np.errstate(over="ignore"):
+        z = np.asarray(indices, dtype=np.uint64) ^ np.uint64(key)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = (z ^ (z >> np.uint64(31))) >> np.uint64(1)
+    z[z == 0] = 1
+    return z.tolist()
+
+
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The generator a random transform of sample `index` in `epoch` must draw from."""
     return torch.Generator().manual_seed(sample_seed(seed, epoch, index))

@@ -214,21 +214,38 @@ def eval_batches(split: SplitDataset, batch_size: int, rank: int = 0, world_size
 
     Plain `int` keys (no random transforms); a split with `get_batch` is gathered whole-batch, any
     other through a DataLoader with `data.num_workers` workers (from `config`, else none)."""
+    return repeated_eval_batches(split, batch_size, rank, world_size, config, persistent=False)()
+
+
+def repeated_eval_batches(
+    split: SplitDataset, batch_size: int, rank: int = 0, world_size: int = 1, config: Config | None = None, persistent: bool = True
+) -> Callable[[], Iterator[Batch]]:
+    """`eval_batches` for a split evaluated again and again (validation every epoch): a function returning a
+    fresh pass each call. With worker processes and `data.persistent_workers` (and `persistent`), one DataLoader
+    keeps its workers between passes, as a hand-written validation loader would, instead of starting new ones
+    for every validation."""
     idx = np.array_split(np.arange(len(split)), world_size)[rank]
     chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     if split.get_batch is not None:
-        for sel in chunks:
-            yield split.get_batch(sel, None)
-        return
+        get_batch = split.get_batch
+        return lambda: (get_batch(sel, None) for sel in chunks)
     workers = config.data.num_workers if config is not None else 0
-    loader = DataLoader(
-        split,
-        batch_sampler=[[int(i) for i in sel] for sel in chunks],
-        collate_fn=split.collate,
-        num_workers=workers,
-        prefetch_factor=config.data.prefetch_factor if (config is not None and workers > 0) else None,
-        # Without a generator the loader's base seed is drawn from the global torch RNG, so a validation pass
-        # would shift the dropout of the training steps after it (and make them differ from the get_batch path).
-        generator=torch.Generator().manual_seed(0),
-    )
-    yield from loader
+    keep = persistent and workers > 0 and config is not None and config.data.persistent_workers
+
+    def loader() -> DataLoader:
+        return DataLoader(
+            split,
+            batch_sampler=[[int(i) for i in sel] for sel in chunks],
+            collate_fn=split.collate,
+            num_workers=workers,
+            persistent_workers=keep,
+            prefetch_factor=config.data.prefetch_factor if (config is not None and workers > 0) else None,
+            # Without a generator the loader's base seed is drawn from the global torch RNG, so a validation pass
+            # would shift the dropout of the training steps after it (and make them differ from the get_batch path).
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    if keep:
+        kept = loader()
+        return lambda: iter(kept)
+    return lambda: iter(loader())

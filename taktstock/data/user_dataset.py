@@ -35,7 +35,7 @@ from taktstock.data.dataset import (
     Key,
     Spec,
     SplitDataset,
-    sample_seed,
+    sample_seeds,
     spec_of_sample,
     to_tensor,
 )
@@ -89,9 +89,7 @@ class UserSplit(SplitDataset):
         dataset = self.dataset
 
         def seeds() -> list[int]:
-            if epoch is None:
-                return [sample_seed(self.seed, 0, int(j), EVAL_STREAM) for j in js]
-            return [sample_seed(self.seed, epoch, int(j)) for j in js]
+            return sample_seeds(self.seed, 0, js, EVAL_STREAM) if epoch is None else sample_seeds(self.seed, epoch, js)
 
         def fetch() -> Any:
             if self._getitems is not None:

@@ -16,7 +16,7 @@ from taktstock.checkpoint.weights import save_weights
 from taktstock.config.loader import config_to_dict, load_config, save_config
 from taktstock.config.paths import with_absolute_paths
 from taktstock.config.schema import Config
-from taktstock.data.loaders import build_train_batches, eval_batches
+from taktstock.data.loaders import build_train_batches, repeated_eval_batches
 from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError, TrainingAborted
 from taktstock.metrics.collection import build_epoch_metrics
@@ -333,4 +333,4 @@ def _copy_tokenizer(data: Any, run: RunDir) -> None:
 def _val_batches(config: Config, data: Any, dist: DistEnv) -> Any:
     split = data.split("val")
     size = config.train.eval_batch_size or config.train.batch_size
-    return lambda: eval_batches(split, size, dist.rank, dist.world_size, config)
+    return repeated_eval_batches(split, size, dist.rank, dist.world_size, config)
