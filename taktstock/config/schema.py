@@ -142,7 +142,9 @@ class DataConfig(Section):
     )
     cache_dir: str = Field("data/prepared", description="Where prepared (split + normalised) arrays are cached.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive between epochs (when num_workers > 0).")
+    persistent_workers: bool = Field(
+        True, description="Keep DataLoader workers (training and validation) alive between epochs (when num_workers > 0)."
+    )
     prefetch_factor: int = Field(2, ge=1, description="Batches prefetched per worker.")
     in_memory: Literal["auto", "always", "never"] = Field(
         "auto",
