@@ -76,7 +76,7 @@ class UserSplit(SplitDataset):
         getitems = getattr(dataset, "__getitems__", None)
         self._getitems = getitems if callable(getitems) else None
         if main_batches:
-            self.get_batch = self._get_batch
+            self.get_batch = self.get_batch_of
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -177,8 +177,6 @@ class UserSplit(SplitDataset):
     def get_batch_of(self, indices: np.ndarray, epoch: int | None) -> Any:
         """The batch of split positions `indices` (training keys with an epoch, evaluation keys with None)."""
         return self._batch(np.asarray(indices, dtype=np.int64), epoch)
-
-    _get_batch = get_batch_of
 
     def _convert(self, item: Any, position: int, epoch: int | None) -> Any:
         """One raw item -> a tensor sample: `(inputs, target)` or a dict with `labels`."""

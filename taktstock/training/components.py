@@ -20,6 +20,25 @@ from taktstock.training.step import StepFn, default_step
 from taktstock.utils.imports import import_object
 
 
+def prepare_and_build_model(config: Config, dist: DistEnv) -> tuple[torch.device, PreparedDataset, nn.Module, nn.Module]:
+    """The start every training set-up shares (a run, the finders): the device, the prepared data checked against
+    the config, and (model, forward_model), seeded so that the model's start never depends on the data cache."""
+    from taktstock.data.prepare import prepare
+    from taktstock.training.checks import check_config_fits_data
+    from taktstock.training.device import select_device
+    from taktstock.training.rng import seed_everything
+
+    device = select_device(config.train.device, dist.local_rank)
+    seed_everything(config.seed, config.train.deterministic)
+    data = prepare(config)
+    check_config_fits_data(config, data)
+    # Again: a cache miss runs (and imports) more than a hit, and some imports draw from Python's RNG
+    # (scikit-learn does); training must start from the same RNG state either way.
+    seed_everything(config.seed, config.train.deterministic)
+    model, forward_model = build_model_for(config, data, device, dist)
+    return device, data, model, forward_model
+
+
 def build_model_for(
     config: Config, data: PreparedDataset, device: torch.device, dist: DistEnv, initial_weights: bool = True
 ) -> tuple[nn.Module, nn.Module]:

@@ -14,15 +14,11 @@ from torch import nn
 
 from taktstock.config.schema import Config
 from taktstock.data.loaders import Batch, TrainBatches, build_train_batches
-from taktstock.data.prepare import prepare
 from taktstock.training import components
-from taktstock.training.checks import check_config_fits_data
-from taktstock.training.device import select_device
 from taktstock.training.distributed import DistEnv
 from taktstock.training.losses import build_loss
 from taktstock.training.optim import build_optimizer
 from taktstock.training.precision import autocast_factory, grad_scaler
-from taktstock.training.rng import seed_everything
 from taktstock.training.step import StepFn, normalize_step_output, to_device
 
 
@@ -42,12 +38,7 @@ class Probe:
 
     @classmethod
     def build(cls, config: Config, dist: DistEnv) -> Probe:
-        device = select_device(config.train.device, dist.local_rank)
-        seed_everything(config.seed, config.train.deterministic)
-        data = prepare(config)
-        check_config_fits_data(config, data)
-        seed_everything(config.seed, config.train.deterministic)  # as training.run: the same start whatever the cache did
-        model, forward_model = components.build_model_for(config, data, device, dist)
+        device, data, model, forward_model = components.prepare_and_build_model(config, dist)  # as training.run
         return cls(
             config=config,
             data=data,

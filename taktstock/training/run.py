@@ -17,7 +17,6 @@ from taktstock.config.loader import config_to_dict, load_config, save_config
 from taktstock.config.paths import with_absolute_paths
 from taktstock.config.schema import Config
 from taktstock.data.loaders import build_train_batches, repeated_eval_batches
-from taktstock.data.prepare import prepare
 from taktstock.errors import ConfigError, TrainingAborted
 from taktstock.metrics.collection import build_epoch_metrics
 from taktstock.models.finetune import finetune_callbacks
@@ -28,9 +27,7 @@ from taktstock.tracking.base import TrackerGroup
 from taktstock.tracking.factory import build_trackers
 from taktstock.tracking.jsonl import MetricsFile, read_metrics
 from taktstock.training import components
-from taktstock.training.checks import check_config_fits_data
 from taktstock.training.debug_batches import debug_train_batches, debug_val_batches
-from taktstock.training.device import select_device
 from taktstock.training.distributed import DistEnv, is_sharded, setup_distributed, teardown_distributed
 from taktstock.training.ema import averaged_weights, build_ema
 from taktstock.training.losses import build_loss
@@ -40,7 +37,6 @@ from taktstock.training.parts import TrainerParts, full_model_state, register_pa
 from taktstock.training.precision import autocast_factory, grad_scaler
 from taktstock.training.profiling import profiler_callbacks
 from taktstock.training.resume import check_resume_compatible, relaunch_plan
-from taktstock.training.rng import seed_everything
 from taktstock.training.samples import sample_loggers
 from taktstock.training.settings import LoopSettings
 from taktstock.training.trainer import Preempted, Trainer
@@ -114,14 +110,7 @@ def _completed(run: RunDir) -> RunResult:
 def _train(
     config: Config, run: RunDir, dist: DistEnv, resuming: bool, force: bool, callbacks: list[Any] | None = None, overwrite: bool = False
 ) -> RunResult:
-    device = select_device(config.train.device, dist.local_rank)
-    seed_everything(config.seed, config.train.deterministic)
-    data = prepare(config)
-    check_config_fits_data(config, data)
-    # Again: a cache miss runs (and imports) more than a hit, and some imports draw from Python's RNG
-    # (scikit-learn does); training must start from the same RNG state either way.
-    seed_everything(config.seed, config.train.deterministic)
-    model, forward_model = components.build_model_for(config, data, device, dist)
+    device, data, model, forward_model = components.prepare_and_build_model(config, dist)
     writer = _checkpoint_writer(config, run)
     start, ckpt_state = find_resume(writer, run.root, dist, force) if resuming else (None, None)
     # Trackers are built (and a tracking server probed) before the run directory is touched.
